@@ -1,0 +1,1 @@
+"""aujax: train facial Action Unit detectors and verify their decisions with LRP."""

@@ -1,0 +1,1 @@
+"""Data stage: face records from the synthetic generator, real datasets and manifests."""

@@ -1,0 +1,46 @@
+"""Role datasets: turn a dataset spec from the config into `FaceRecords`.
+
+A spec is one of
+  "synthetic"            the embedded generator, sized by `config.synthetic.<role>`
+  "<name>"               a dataset built with `--mode=preprocess` (ck_plus, unbc_mcmaster, actor_study, manifest,
+                         synthetic builder), read from `config.data.data_dir`
+  "path/to/records.npz"  records saved with `FaceRecords.save`
+"""
+
+import os
+
+from aujax.data import records
+
+ROLES = ("train", "cv", "cross")
+_SUBJECT_PREFIX = {"train": "C", "cv": "A", "cross": "U"}  # CK+, Actor Study, UNBC stand-ins
+BUILT_DATASETS = ("ck_plus", "unbc_mcmaster", "actor_study", "manifest", "synthetic_faces")
+
+
+def load_role(role: str, spec: str, config) -> records.FaceRecords:
+    """The dataset playing `role` ('train', 'cv' or 'cross') in the protocol."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; roles are {ROLES}")
+    if spec == "synthetic":
+        return synthetic_role(role, config.synthetic)
+    if spec.endswith(".npz"):
+        if not os.path.isfile(spec):
+            raise ValueError(f"--{role}_data={spec}: no such file")
+        return records.load(spec)
+    if spec in BUILT_DATASETS:
+        from aujax.data import preprocess  # tensorflow-datasets only where a built dataset is asked for
+        return preprocess.load_records(spec, os.path.expanduser(config.data.data_dir))
+    raise ValueError(f"--{role}_data={spec!r}: unknown dataset; use 'synthetic', one of {BUILT_DATASETS} "
+                     "(built with --mode=preprocess) or a path to a .npz records file")
+
+
+def synthetic_role(role: str, synthetic_config) -> records.FaceRecords:
+    """The synthetic stand-in for `role`; the spurious cue, when asked for, goes into the training roles only."""
+    from aujax.data import synthetic
+
+    sizes = synthetic_config[role]
+    cue_au = synthetic_config.spurious_cue_au if role in ("train", "cv") else None
+    return synthetic.generate(
+        num_subjects=sizes.num_subjects, images_per_subject=sizes.images_per_subject, domain=sizes.domain,
+        seed=synthetic_config.seed * 1000 + ROLES.index(role), subject_prefix=_SUBJECT_PREFIX[role],
+        spurious_cue_au=cue_au or None, spurious_cue_probability=synthetic_config.spurious_cue_probability,
+        name=f"synthetic_{role}")

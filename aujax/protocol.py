@@ -1,0 +1,174 @@
+"""The paper's protocol: leave-one-subject-out over the `cv` role with the `train` role always in training, the best
+fold's model tested cross-domain on the `cross` role; Tables 1 and 2.
+
+Fold s trains on every image of the `train` role and of the `cv` role whose subject is not s, and tests on the `cv`
+images of subject s (a subject id that occurs in both roles is held out of both). Each fold ends after
+`config.train.epochs` epochs; its held-out probabilities are saved, so a resumed run skips finished folds and
+`--mode=evaluate` rebuilds the tables without training.
+
+Table 1 pools the held-out predictions of all folds (every cv image predicted by the model that never saw its subject)
+and also averages each AU's scores over the folds where that AU has enough positives. The best fold is the one with
+the highest held-out mean F1; its final model is tested on the `cross` role (Table 2).
+"""
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from aujax import files
+from aujax import metrics
+from aujax import model as model_lib
+from aujax import report
+from aujax import train
+from aujax.data import records, sources
+
+
+def build_folds(train_role: records.FaceRecords, cv_role: records.FaceRecords,
+                max_folds: int) -> tuple[records.FaceRecords, list[train.FoldSpec]]:
+    """The resident dataset (train role, then cv role) and one fold per cv subject (the first `max_folds` if > 0)."""
+    resident = records.concatenate([train_role, cv_role], name=f"{train_role.name}+{cv_role.name}")
+    in_cv = np.arange(len(resident)) >= len(train_role)
+    subjects = cv_role.subjects[: max_folds or None]
+    shared = set(subjects) & set(train_role.subjects)
+    if shared:
+        logging.warning("subjects %s are in both the train and cv roles: each is held out of both", sorted(shared))
+    folds = []
+    for k, subject in enumerate(subjects):
+        held_out = resident.subject == subject
+        folds.append(train.FoldSpec(fold=k, name=subject, train_index=np.flatnonzero(~held_out),
+                                    test_index=np.flatnonzero(held_out & in_cv)))
+    return resident, folds
+
+
+def train_config(config) -> train.TrainConfig:
+    return train.TrainConfig(
+        epochs=config.train.epochs, batch_size=config.train.batch_size, learning_rate=config.train.learning_rate,
+        momentum=config.train.momentum, seed=config.seed, pos_weight_max=config.train.pos_weight_max,
+        checkpoint_every_steps=config.train.checkpoint_every_steps, threshold=config.model.threshold,
+        min_support=config.protocol.min_support)
+
+
+@dataclasses.dataclass
+class FoldResult:
+    name: str
+    test_index: np.ndarray      # (n,) into the resident dataset
+    probabilities: np.ndarray   # (n, 8)
+    history: list
+
+    def save(self, fold_dir: str) -> None:
+        np.savez(os.path.join(fold_dir, "predictions.npz"), test_index=self.test_index,
+                 probabilities=self.probabilities)
+        files.write_json(os.path.join(fold_dir, "result.json"), {"subject": self.name, "history": self.history})
+
+    @staticmethod
+    def load(fold_dir: str) -> "FoldResult | None":
+        """The saved result of a finished fold, None if the fold has not finished."""
+        result = files.read_json(os.path.join(fold_dir, "result.json"))
+        if result is None:
+            return None
+        with np.load(os.path.join(fold_dir, "predictions.npz"), allow_pickle=False) as p:
+            return FoldResult(result["subject"], p["test_index"], p["probabilities"], result["history"])
+
+
+def fold_dir(workdir: str, fold: int) -> str:
+    return os.path.join(workdir, "checkpoints", f"fold_{fold:02d}")
+
+
+def load_roles(config) -> dict[str, records.FaceRecords]:
+    roles = {}
+    for role in sources.ROLES:
+        roles[role] = sources.load_role(role, config.data[role], config)
+        logging.info("%s role: %s, %d images, %d subjects", role, roles[role].name, len(roles[role]),
+                     len(roles[role].subjects))
+    return roles
+
+
+def run_training(config, workdir: str, roles: dict) -> list[FoldResult]:
+    """Train every fold not finished yet; return the results of all folds."""
+    trainer = train.Trainer(model_lib.create_model(config.model.widths), train_config(config), train.make_mesh())
+    resident, folds = build_folds(roles["train"], roles["cv"], config.protocol.max_folds)
+    data = train.put_on_devices(resident, trainer.mesh)
+    stop = train.StopRequested().install()
+    results = []
+    for fold in folds:
+        directory = fold_dir(workdir, fold.fold)
+        done = FoldResult.load(directory)
+        if done is None:
+            logging.info("fold %d/%d: holding out subject %s (%d train, %d test images)", fold.fold + 1,
+                         len(folds), fold.name, len(fold.train_index), len(fold.test_index))
+            variables, history = train.fit_fold(trainer, fold, data, resident.labels, directory, stop)
+            probabilities = trainer.predict(variables, data, fold.test_index)
+            done = FoldResult(fold.name, fold.test_index, probabilities, history)
+            if jax.process_index() == 0:
+                done.save(directory)
+        results.append(done)
+    return results
+
+
+def loso_scores(results: list[FoldResult], labels: np.ndarray, threshold: float, min_support: int):
+    """(pooled scores, mean-over-folds scores, per-fold scores) of the held-out predictions."""
+    per_fold = [metrics.per_au_scores(labels[r.test_index], metrics.decisions(r.probabilities, threshold),
+                                      min_support) for r in results]
+    pooled_index = np.concatenate([r.test_index for r in results])
+    pooled_prob = np.concatenate([r.probabilities for r in results])
+    pooled = metrics.per_au_scores(labels[pooled_index], metrics.decisions(pooled_prob, threshold), min_support)
+    return pooled, metrics.mean_over_folds(per_fold), per_fold
+
+
+def best_fold(per_fold: list[dict]) -> int:
+    means = [metrics.mean_f1(s) for s in per_fold]
+    return int(np.argmax([-1.0 if m is None else m for m in means]))
+
+
+def restore_fold_variables(trainer: train.Trainer, workdir: str, fold: int) -> dict:
+    """The final (latest) parameters and batch statistics of a finished fold."""
+    template = train.abstract_like(train.init_state(trainer.model, trainer.optimizer, jax.random.key(0),
+                                                    trainer.mesh))
+    directory = os.path.join(fold_dir(workdir, fold), "latest")
+    manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0))
+    state = train.restore_latest(manager, template)
+    if state is None:
+        raise FileNotFoundError(f"{directory}: no checkpoint to restore; run --mode=train first")
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
+def evaluate(config, workdir: str, roles: dict) -> dict:
+    """Tables 1 and 2 from the saved fold results; returns a summary (also written to results/summary.json)."""
+    resident, folds = build_folds(roles["train"], roles["cv"], config.protocol.max_folds)
+    results = [FoldResult.load(fold_dir(workdir, f.fold)) for f in folds]
+    missing = [f.name for f, r in zip(folds, results) if r is None]
+    if missing:
+        raise FileNotFoundError(f"{workdir}: folds for subjects {missing} have not finished; run --mode=train")
+    threshold, min_support = config.model.threshold, config.protocol.min_support
+    pooled, fold_mean, per_fold = loso_scores(results, resident.labels, threshold, min_support)
+    best = best_fold(per_fold)
+
+    trainer = train.Trainer(model_lib.create_model(config.model.widths), train_config(config), train.make_mesh())
+    variables = restore_fold_variables(trainer, workdir, best)
+    cross_prob = trainer.predict(variables, train.put_on_devices(roles["cross"], trainer.mesh),
+                                 np.arange(len(roles["cross"])))
+    cross_scores = metrics.per_au_scores(roles["cross"].labels, metrics.decisions(cross_prob, threshold),
+                                         min_support)
+
+    results_dir = os.path.join(workdir, "results")
+    summary = {"best_fold": best, "best_fold_subject": results[best].name,
+               "held_out_mean_f1_per_fold": {r.name: metrics.mean_f1(s) for r, s in zip(results, per_fold)},
+               "loso_pooled_mean_f1": metrics.mean_f1(pooled), "cross_mean_f1": metrics.mean_f1(cross_scores)}
+    if jax.process_index() == 0:
+        keys = ("f1", "precision", "recall", "support")
+        table1 = report.write_table(
+            results_dir, "table1_f1", f"Table 1: leave-one-subject-out F1 on {roles['cv'].name} "
+            f"({len(results)} folds, trained with {roles['train'].name})",
+            [{"method": "ResNet-18 pooled", "scores": pooled},
+             {"method": "ResNet-18 fold mean", "scores": fold_mean}], keys)
+        table2 = report.write_table(
+            results_dir, "table2_cross_f1", f"Table 2: cross-domain F1 on {roles['cross'].name} "
+            f"(model of the best fold, subject {results[best].name})",
+            [{"method": "ResNet-18", "scores": cross_scores}], keys)
+        files.write_json(os.path.join(results_dir, "summary.json"), summary)
+        print(table1, table2, sep="\n\n", flush=True)
+    return summary

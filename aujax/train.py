@@ -1,0 +1,309 @@
+"""Training stage: weighted binary cross-entropy, SGD with momentum, a jitted data-parallel train step over a
+device-resident dataset, orbax checkpoints with exact resume.
+
+The training state is a plain dict `{'params', 'batch_stats', 'opt_state', 'step', 'epoch_loss_sum'}` (a pytree; the
+loss sum of the epoch so far is part of it so that a resumed epoch reports the same loss), replicated over a
+one-axis mesh `('data',)` of all devices of all hosts. Images stay on the devices as uint8; a step receives only the
+global batch's indices (sharded over 'data'), gathers its images there and converts them to float32 in [0, 1]. Under
+`jax.jit` the batch-norm statistics are means over the whole global batch, so they are the same on every device.
+
+The data order of epoch e of fold f is a permutation drawn from `(seed, fold, e)`, so a run that is stopped and resumed
+from a checkpoint takes exactly the steps an uninterrupted run takes.
+"""
+
+import dataclasses
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from aujax import files
+from aujax import metrics
+from aujax import model as model_lib
+from aujax.data.records import FaceRecords
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def positive_weights(labels: np.ndarray, max_weight: float) -> np.ndarray:
+    """Per-AU weight of the positive term, n_negative / n_positive of the training labels (n, 8), in [1, max_weight].
+
+    An AU without positives gets `max_weight`: it has no positive term to weigh, and no division by zero.
+    """
+    labels = np.asarray(labels, np.float64)
+    positives = labels.sum(0)
+    negatives = len(labels) - positives
+    ratio = np.where(positives > 0, negatives / np.maximum(positives, 1), max_weight)
+    return np.clip(ratio, 1.0, max_weight).astype(np.float32)
+
+
+def weighted_bce(logits: jax.Array, labels: jax.Array, pos_weight: jax.Array) -> jax.Array:
+    """Mean over images and AUs of -(w y log σ(z) + (1 - y) log(1 - σ(z))); logits, labels (n, 8), pos_weight (8,)."""
+    labels = labels.astype(logits.dtype)
+    log_p = jax.nn.log_sigmoid(logits)
+    log_not_p = jax.nn.log_sigmoid(-logits)
+    return -jnp.mean(pos_weight * labels * log_p + (1.0 - labels) * log_not_p)
+
+
+def make_optimizer(learning_rate: float, momentum: float) -> optax.GradientTransformation:
+    return optax.sgd(learning_rate, momentum=momentum)
+
+
+def make_mesh() -> Mesh:
+    """A one-axis mesh over every device of every host."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceData:
+    """A dataset held on the devices: images uint8 (N, 112, 112, 3) and labels uint8 (N, 8), replicated."""
+
+    images: jax.Array
+    labels: jax.Array
+
+
+def put_on_devices(records: FaceRecords, mesh: Mesh) -> DeviceData:
+    replicated = NamedSharding(mesh, P())
+    return DeviceData(jax.device_put(records.image, replicated), jax.device_put(records.labels, replicated))
+
+
+def init_state(model, optimizer, rng: jax.Array, mesh: Mesh) -> dict:
+    variables = model_lib.init_variables(model, rng)
+    state = {"params": variables["params"], "batch_stats": variables["batch_stats"],
+             "opt_state": optimizer.init(variables["params"]), "step": jnp.zeros((), jnp.int32),
+             "epoch_loss_sum": jnp.zeros((), jnp.float32)}
+    return jax.device_put(state, NamedSharding(mesh, P()))
+
+
+def _gather_images(images: jax.Array, index: jax.Array, mesh: Mesh) -> jax.Array:
+    batch = jax.lax.with_sharding_constraint(jnp.take(images, index, axis=0), NamedSharding(mesh, P("data")))
+    return batch.astype(jnp.float32) / 255.0
+
+
+def make_train_step(model, optimizer, mesh: Mesh) -> Callable:
+    """jitted `(state, data_images, data_labels, pos_weight, batch_index (B,)) -> (state, loss)`; state donated."""
+
+    def train_step(state, images, labels, pos_weight, batch_index):
+        x = _gather_images(images, batch_index, mesh)
+        y = jnp.take(labels, batch_index, axis=0)
+
+        def loss_fn(params):
+            logits, updates = model.apply({"params": params, "batch_stats": state["batch_stats"]}, x, train=True,
+                                          mutable=["batch_stats"])
+            return weighted_bce(logits, y, pos_weight), updates["batch_stats"]
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {"params": params, "batch_stats": batch_stats, "opt_state": opt_state, "step": state["step"] + 1,
+                "epoch_loss_sum": state["epoch_loss_sum"] + loss}, loss
+
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(train_step, donate_argnums=(0,), out_shardings=(replicated, replicated))
+
+
+def make_predict_fn(model, mesh: Mesh) -> Callable:
+    """jitted `(variables, data_images, index (B,)) -> probabilities (B, 8)` in eval mode."""
+
+    def predict(variables, images, index):
+        return jax.nn.sigmoid(model.apply(variables, _gather_images(images, index, mesh), train=False))
+
+    return jax.jit(predict, out_shardings=NamedSharding(mesh, P()))
+
+
+def shard_index(index: np.ndarray, mesh: Mesh) -> jax.Array:
+    return jax.device_put(np.asarray(index, np.int32), NamedSharding(mesh, P("data")))
+
+
+def predict_probabilities(predict_fn, variables, data: DeviceData, index: np.ndarray, batch_size: int,
+                          mesh: Mesh) -> np.ndarray:
+    """Probabilities (len(index), 8) for the images at `index`, in batches padded to `batch_size`."""
+    index = np.asarray(index)
+    padded = np.resize(index, -(-len(index) // batch_size) * batch_size) if len(index) else index
+    outputs = [predict_fn(variables, data.images, shard_index(chunk, mesh))
+               for chunk in padded.reshape(-1, batch_size)]
+    return np.concatenate([np.asarray(o) for o in outputs])[: len(index)] if outputs else np.zeros((0, 8), np.float32)
+
+
+def epoch_order(train_index: np.ndarray, seed: int, fold: int, epoch: int, batch_size: int) -> np.ndarray:
+    """The batches of one epoch, (steps, batch_size) indices: a permutation from (seed, fold, epoch), remainder dropped."""
+    order = np.random.default_rng([seed, fold, epoch]).permutation(train_index)
+    steps = len(order) // batch_size
+    return order[: steps * batch_size].reshape(steps, batch_size)
+
+
+class StopRequested:
+    """Set by SIGTERM (preemptible machines): training saves a checkpoint at the next step and stops."""
+
+    def __init__(self):
+        self.requested = False
+
+    def install(self):
+        if hasattr(signal, "SIGTERM"):
+            signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint and stopping")
+        self.requested = True
+
+
+class TrainingStopped(RuntimeError):
+    """Raised after the checkpoint written on SIGTERM; the run resumes from it when started again."""
+
+
+def _checkpoint_manager(directory: str, max_to_keep: int, best: bool) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True,
+        best_fn=(lambda m: m["mean_f1"]) if best else None, best_mode="max",
+        keep_checkpoints_without_metrics=not best)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> dict | None:
+    """The newest checkpoint that restores; a corrupt one is skipped with a warning (older ones are tried)."""
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        except Exception as e:  # orbax raises many kinds for a damaged checkpoint
+            logging.warning("checkpoint %s/%d cannot be restored (%s: %s); falling back to an older one",
+                            manager.directory, step, type(e).__name__, e)
+    return None
+
+
+def abstract_like(state) -> dict:
+    return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+
+
+@dataclasses.dataclass
+class FoldSpec:
+    """One fold: which images of the resident dataset it trains and tests on."""
+
+    fold: int
+    name: str                 # the held-out subject
+    train_index: np.ndarray   # (n_train,) indices into the resident dataset
+    test_index: np.ndarray    # (n_test,)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    momentum: float
+    seed: int
+    pos_weight_max: float
+    checkpoint_every_steps: int  # 0: at the end of every epoch only
+    threshold: float
+    min_support: int
+
+
+class Trainer:
+    """The model with its jitted train and predict functions, compiled once and shared by all folds."""
+
+    def __init__(self, model, cfg: "TrainConfig", mesh: Mesh):
+        self.model, self.cfg, self.mesh = model, cfg, mesh
+        self.optimizer = make_optimizer(cfg.learning_rate, cfg.momentum)
+        self.train_step = make_train_step(model, self.optimizer, mesh)
+        self.predict_fn = make_predict_fn(model, mesh)
+
+    def predict(self, variables, data: DeviceData, index: np.ndarray) -> np.ndarray:
+        """Probabilities (len(index), 8) of the images at `index`."""
+        return predict_probabilities(self.predict_fn, variables, data, index, self.cfg.batch_size, self.mesh)
+
+
+def fit_fold(trainer: Trainer, fold: FoldSpec, data: DeviceData, labels: np.ndarray, checkpoint_dir: str,
+             stop: StopRequested) -> tuple[dict, list[dict]]:
+    """Train one fold to `cfg.epochs`, resuming from `checkpoint_dir/latest` if a checkpoint is there.
+
+    Args:
+      labels: (N, 8) host copy of the resident labels (for the positive weights and held-out scores).
+
+    Returns:
+      (variables of the last epoch {'params', 'batch_stats'}, history: one dict per epoch, kept across resumes in
+      `checkpoint_dir/history.json`).
+    """
+    cfg, mesh = trainer.cfg, trainer.mesh
+    pos_weight = jax.device_put(positive_weights(labels[fold.train_index], cfg.pos_weight_max),
+                                NamedSharding(mesh, P()))
+    state = init_state(trainer.model, trainer.optimizer, jax.random.fold_in(jax.random.key(cfg.seed), fold.fold), mesh)
+    latest = _checkpoint_manager(os.path.join(checkpoint_dir, "latest"), max_to_keep=2, best=False)
+    best = _checkpoint_manager(os.path.join(checkpoint_dir, "best"), max_to_keep=1, best=True)
+    restored = restore_latest(latest, abstract_like(state))
+    if restored is not None:
+        state = restored
+        logging.info("fold %s: resumed from step %d", fold.name, int(state["step"]))
+    history_path = os.path.join(checkpoint_dir, "history.json")
+    history = [h for h in files.read_json(history_path, []) if h["step"] <= int(state["step"])]
+
+    steps_per_epoch = len(fold.train_index) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"fold {fold.name}: {len(fold.train_index)} training images, fewer than one batch of "
+                         f"{cfg.batch_size}; lower --batch_size")
+    try:
+        step = int(state["step"])
+        while step < cfg.epochs * steps_per_epoch:
+            epoch, offset = divmod(step, steps_per_epoch)
+            batches = epoch_order(fold.train_index, cfg.seed, fold.fold, epoch, cfg.batch_size)
+            started, losses = time.perf_counter(), []
+            for batch in batches[offset:]:
+                state, loss = trainer.train_step(state, data.images, data.labels, pos_weight, shard_index(batch, mesh))
+                losses.append(loss)
+                step += 1
+                periodic = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
+                if step % steps_per_epoch and (stop.requested or periodic):  # epoch ends are saved below
+                    _check_finite(losses, fold, epoch, step - len(losses))
+                    latest.save(step, args=ocp.args.StandardSave(state))
+                    _stop_if_requested(stop, latest, fold, step)
+            _check_finite(losses, fold, epoch, step - len(losses))
+            epoch_loss = float(state["epoch_loss_sum"]) / steps_per_epoch
+            state["epoch_loss_sum"] = jax.device_put(jnp.zeros((), jnp.float32), NamedSharding(mesh, P()))
+            seconds = time.perf_counter() - started
+            variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+            probabilities = trainer.predict(variables, data, fold.test_index)
+            scores = metrics.per_au_scores(labels[fold.test_index], metrics.decisions(probabilities, cfg.threshold),
+                                           cfg.min_support)
+            held_out_f1 = metrics.mean_f1(scores)
+            record = {"epoch": epoch + 1, "step": step, "loss": epoch_loss, "held_out_mean_f1": held_out_f1,
+                      "images_per_second": len(losses) * cfg.batch_size / seconds}
+            history.append(record)
+            logging.info("fold %s  epoch %d/%d  loss %.4f  held-out mean F1 %s  %.0f images/s", fold.name,
+                         epoch + 1, cfg.epochs, epoch_loss, "n/a" if held_out_f1 is None else f"{held_out_f1:.3f}",
+                         record["images_per_second"])
+            latest.save(step, args=ocp.args.StandardSave(state))
+            best.save(step, args=ocp.args.StandardSave(state),
+                      metrics={"mean_f1": -1.0 if held_out_f1 is None else held_out_f1})
+            if jax.process_index() == 0:
+                files.write_json(history_path, history)
+            _stop_if_requested(stop, latest, fold, step)
+    finally:
+        latest.wait_until_finished()
+        best.wait_until_finished()
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}, history
+
+
+def _stop_if_requested(stop: StopRequested, latest: ocp.CheckpointManager, fold: FoldSpec, step: int) -> None:
+    if stop.requested:
+        latest.wait_until_finished()
+        raise TrainingStopped(f"stopped by request in fold {fold.name} at step {step}, after saving a checkpoint; "
+                              "run the same command again to resume")
+
+
+def _check_finite(losses: list, fold: FoldSpec, epoch: int, first_step: int) -> None:
+    """NonFiniteLossError naming fold, epoch and step at the first non-finite loss of `losses` (device scalars)."""
+    values = np.asarray(jax.device_get(losses), np.float64) if losses else np.zeros(0)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        raise NonFiniteLossError(
+            f"fold {fold.name}, epoch {epoch + 1}, step {first_step + bad[0] + 1}: the loss is {values[bad[0]]}; "
+            "training stopped and the last good checkpoint is kept (try a lower learning rate)")

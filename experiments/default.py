@@ -1,0 +1,43 @@
+"""The default job: the whole protocol on small embedded synthetic data, sized for a 2-core CPU (about 5 minutes).
+
+Roles as in the paper: `train` stands in for CK+ (posed), `cv` for the Actor Study (posed, leave one subject out),
+`cross` for UNBC-McMaster (wild). Other configs import this one and override a few fields.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.train = "synthetic"
+    config.data.cv = "synthetic"
+    config.data.cross = "synthetic"
+    config.data.data_dir = "~/tensorflow_datasets"
+
+    config.synthetic = ml_collections.ConfigDict()
+    config.synthetic.seed = 0
+    config.synthetic.spurious_cue_au = 0  # 0: no cue; an AU id (e.g. 4) puts a background mark with it in training
+    config.synthetic.spurious_cue_probability = 0.9
+    config.synthetic.train = dict(num_subjects=16, images_per_subject=40, domain="posed")
+    config.synthetic.cv = dict(num_subjects=5, images_per_subject=60, domain="posed")
+    config.synthetic.cross = dict(num_subjects=8, images_per_subject=40, domain="wild")
+
+    config.model = ml_collections.ConfigDict()
+    config.model.widths = "tiny"  # 'full' 64-128-256-512, 'reduced' 32-64-128-256, 'tiny' 16-32-64-128, or "a,b,c,d"
+    config.model.threshold = 0.5
+
+    config.train = ml_collections.ConfigDict()
+    config.train.epochs = 4
+    config.train.batch_size = 32
+    config.train.learning_rate = 0.01
+    config.train.momentum = 0.95
+    config.train.pos_weight_max = 10.0
+    config.train.checkpoint_every_steps = 0  # 0: at the end of every epoch
+
+    config.protocol = ml_collections.ConfigDict()
+    config.protocol.max_folds = 0  # 0: every subject of the cv role is held out once
+    config.protocol.min_support = 5  # an AU with fewer positives in an evaluation set is not scored
+    return config

@@ -1,0 +1,63 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aujax import model as model_lib
+
+
+def _expected_parameter_count(widths, outputs=8):
+    """ResNet-18 count from first principles: convs without bias, BN scale+bias, dense with bias."""
+    w0 = widths[0]
+    count = 7 * 7 * 3 * w0 + 2 * w0
+    previous = w0
+    for stage, w in enumerate(widths):
+        for block in range(2):
+            count += 3 * 3 * previous * w + 2 * w + 3 * 3 * w * w + 2 * w
+            if model_lib.stage_strides(stage, block) != 1 or previous != w:
+                count += previous * w + 2 * w
+            previous = w
+    return count + previous * outputs + outputs
+
+
+@pytest.mark.parametrize("preset", sorted(model_lib.WIDTH_PRESETS))
+def test_parameter_count_of_each_preset(preset):
+    widths = model_lib.WIDTH_PRESETS[preset]
+    variables = model_lib.init_variables(model_lib.create_model(preset), jax.random.key(0))
+    assert model_lib.parameter_count(variables["params"]) == _expected_parameter_count(widths)
+    if preset == "full":  # torchvision resnet18(num_classes=8) has exactly this many
+        assert model_lib.parameter_count(variables["params"]) == 11_180_616
+
+
+def test_output_shape_train_versus_eval_and_determinism():
+    model = model_lib.create_model((4, 8, 8, 8))
+    variables = model_lib.init_variables(model, jax.random.key(1))
+    images = jax.random.uniform(jax.random.key(2), (3, 112, 112, 3))
+    eval_logits = model.apply(variables, images, train=False)
+    assert eval_logits.shape == (3, 8) and eval_logits.dtype == jnp.float32
+    train_logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    assert train_logits.shape == (3, 8)
+    # train mode normalises with the batch's statistics and updates the running ones; eval mode uses the running ones
+    assert not np.allclose(train_logits, eval_logits, atol=1e-4)
+    before = jax.tree_util.tree_leaves(variables["batch_stats"])
+    after = jax.tree_util.tree_leaves(updates["batch_stats"])
+    assert any(not np.allclose(a, b) for a, b in zip(before, after))
+    np.testing.assert_array_equal(eval_logits, model.apply(variables, images, train=False))
+    again = model_lib.init_variables(model, jax.random.key(1))
+    for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(again)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_stage_resolutions_match_resnet_at_112():
+    model = model_lib.create_model((4, 8, 8, 8))
+    variables = model_lib.init_variables(model, jax.random.key(0))
+    _, state = model.apply(variables, jnp.zeros((1, 112, 112, 3)), train=False, capture_intermediates=True,
+                           mutable=["intermediates"])
+    sizes = [state["intermediates"][model_lib.block_name(s, 1)]["__call__"][0].shape[1] for s in range(4)]
+    assert sizes == [28, 14, 7, 4]
+
+
+@pytest.mark.parametrize("bad", ["huge", "1,2,3", "0,8,8,8", "a,b,c,d"])
+def test_bad_widths_are_refused_with_the_value(bad):
+    with pytest.raises(ValueError, match="width"):
+        model_lib.resolve_widths(bad)

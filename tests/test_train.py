@@ -1,0 +1,142 @@
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from aujax import model as model_lib
+from aujax import protocol, train
+from experiments import default, paper
+from tests.conftest import TINY_WIDTHS, patch_records, run_python
+
+
+def test_weighted_bce_equals_hand_computation():
+    logits = np.array([[2.0, -1.0], [0.5, 3.0]])
+    labels = np.array([[1, 0], [0, 1]])
+    w = np.array([3.0, 0.5])
+    p = 1 / (1 + np.exp(-logits))
+    terms = [[-(w[j] * labels[i, j] * np.log(p[i, j]) + (1 - labels[i, j]) * np.log(1 - p[i, j]))
+              for j in range(2)] for i in range(2)]
+    expected = np.mean(terms)
+    got = train.weighted_bce(jnp.asarray(logits, jnp.float32), jnp.asarray(labels), jnp.asarray(w, jnp.float32))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_positive_weights_are_negative_over_positive_counts():
+    labels = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0]])
+    np.testing.assert_allclose(train.positive_weights(labels, max_weight=10.0), [1.0, 3.0, 10.0])
+    np.testing.assert_allclose(train.positive_weights(labels, max_weight=2.0), [1.0, 2.0, 2.0])
+
+
+def test_optimizer_is_sgd_with_the_papers_learning_rate_and_momentum():
+    for config in (default.get_config(), paper.get_config()):
+        assert (config.train.learning_rate, config.train.momentum) == (0.01, 0.95)
+    opt = train.make_optimizer(0.01, 0.95)
+    params = {"w": jnp.array([1.0, -2.0])}
+    g1, g2 = jnp.array([0.5, 1.0]), jnp.array([-1.0, 2.0])
+    state = opt.init(params)
+    u1, state = opt.update({"w": g1}, state, params)
+    u2, state = opt.update({"w": g2}, state, params)
+    np.testing.assert_allclose(u1["w"], -0.01 * g1, rtol=1e-6)
+    np.testing.assert_allclose(u2["w"], -0.01 * (0.95 * g1 + g2), rtol=1e-6)
+
+
+def test_folds_never_share_a_subject_between_train_and_test():
+    ck = patch_records(4, 3, seed=0, prefix="C")
+    actor = patch_records(3, 5, seed=1, prefix="A")
+    resident, folds = protocol.build_folds(ck, actor, max_folds=0)
+    assert [f.name for f in folds] == ["A000", "A001", "A002"]
+    for fold in folds:
+        assert set(resident.subject[fold.test_index]) == {fold.name}
+        assert fold.name not in set(resident.subject[fold.train_index])
+        assert set(np.flatnonzero(resident.subject != fold.name)) == set(fold.train_index)  # CK+ always in training
+    assert sorted(np.concatenate([f.test_index for f in folds])) == list(range(len(ck), len(resident)))
+
+
+def _cfg(**overrides):
+    values = dict(epochs=2, batch_size=8, learning_rate=0.01, momentum=0.95, seed=3, pos_weight_max=10.0,
+                  checkpoint_every_steps=0, threshold=0.5, min_support=1)
+    return train.TrainConfig(**{**values, **overrides})
+
+
+def _fold_setup(cfg):
+    records = patch_records(4, 6, seed=5, prefix="A")
+    mesh = train.make_mesh()
+    trainer = train.Trainer(model_lib.create_model(TINY_WIDTHS), cfg, mesh)
+    fold = train.FoldSpec(0, "A000", np.arange(6, 24), np.arange(6))
+    return trainer, fold, train.put_on_devices(records, mesh), records.labels
+
+
+class _StopAfter(train.StopRequested):
+    """Asks to stop once `checks` steps have been taken (as SIGTERM would)."""
+
+    def __init__(self, checks):
+        super().__init__()
+        self._left = checks
+
+    @property
+    def requested(self):
+        self._left -= 1
+        return self._left < 0
+
+    @requested.setter
+    def requested(self, value):
+        pass
+
+
+def test_stopped_and_resumed_run_ends_equal_to_an_uninterrupted_one(tmp_path):
+    cfg = _cfg()
+    trainer, fold, data, labels = _fold_setup(cfg)
+    straight, straight_history = train.fit_fold(trainer, fold, data, labels, str(tmp_path / "a"),
+                                                train.StopRequested())
+    with pytest.raises(train.TrainingStopped):  # 2 steps per epoch (18 images, batch 8): stops at step 3
+        train.fit_fold(trainer, fold, data, labels, str(tmp_path / "b"), _StopAfter(2))
+    assert ocp.CheckpointManager(os.path.abspath(tmp_path / "b" / "latest")).latest_step() == 3
+    resumed, resumed_history = train.fit_fold(trainer, fold, data, labels, str(tmp_path / "b"),
+                                              train.StopRequested())
+    for a, b in zip(jax.tree_util.tree_leaves(straight), jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert [h["step"] for h in resumed_history] == [h["step"] for h in straight_history] == [2, 4]
+    np.testing.assert_allclose([h["loss"] for h in resumed_history], [h["loss"] for h in straight_history],
+                               rtol=1e-6)
+
+
+def test_non_finite_loss_names_fold_epoch_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = _cfg(learning_rate=1e30, checkpoint_every_steps=1)
+    trainer, fold, data, labels = _fold_setup(cfg)
+    with pytest.raises(train.NonFiniteLossError, match=r"fold A000, epoch \d, step \d+: the loss is"):
+        train.fit_fold(trainer, fold, data, labels, str(tmp_path), train.StopRequested())
+    steps = ocp.CheckpointManager(os.path.abspath(tmp_path / "latest")).all_steps()
+    assert steps, "the last good checkpoint must be kept"
+
+
+def test_train_step_on_8_devices_equals_one_device():
+    code = """
+import jax, numpy as np
+from jax.sharding import Mesh
+from aujax import model as model_lib, train
+from tests.conftest import TINY_WIDTHS, patch_records
+assert jax.device_count() == 8
+records = patch_records(2, 8, seed=0, prefix="A")
+model = model_lib.create_model(TINY_WIDTHS)
+results = []
+for mesh in (train.make_mesh(), Mesh(np.asarray(jax.devices()[:1]), ("data",))):
+    opt = train.make_optimizer(0.01, 0.95)
+    step = train.make_train_step(model, opt, mesh)
+    state = train.init_state(model, opt, jax.random.key(0), mesh)
+    data = train.put_on_devices(records, mesh)
+    w = jax.numpy.ones(8)
+    for b in range(2):
+        state, loss = step(state, data.images, data.labels, w, train.shard_index(np.arange(8 * b, 8 * b + 8), mesh))
+    results.append(jax.device_get(state))
+    if len(results) == 1:
+        sharding = train._gather_images(data.images, train.shard_index(np.arange(8), mesh), mesh).sharding
+        assert len(sharding.device_set) == 8, sharding
+for a, b in zip(jax.tree_util.tree_leaves(results[0]), jax.tree_util.tree_leaves(results[1])):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+print("ok")
+"""
+    result = run_python(code, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert result.stdout.strip().endswith("ok")
