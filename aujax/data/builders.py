@@ -1,0 +1,350 @@
+"""TensorFlow-Datasets builders for the face datasets, written as array_record without TensorFlow.
+
+Every builder writes one 'train' split whose examples are
+
+  image      uint8   (112, 112, 3)  RGB face crop
+  landmarks  float32 (68, 2)        (x, y) pixels in the crop, iBUG-68 order
+  labels     uint8   (8,)           binary AU labels, `facs.AU_IDS` order
+  intensity  float32 (8,)           FACS intensity 1-5, 0 where unknown or absent
+  subject    text                   subject id
+  source     text                   image path relative to the manual directory (or the generator's key)
+
+plus extras: `peak` bool (ck_plus: the FACS-coded frame itself), `pspi` float32 (unbc_mcmaster, NaN if missing).
+
+Builders (`BUILDERS`): ck_plus, unbc_mcmaster, manifest, actor_study (a manifest without participant 16),
+synthetic_faces (the embedded generator). Data lands in `<data_dir>/<name>/<config name>/1.0.0/`; the config name
+spells out the options that shape the data, so differently built variants live side by side.
+
+Faces are cropped with MediaPipe (`faces.crop_files`, landmarks="mediapipe") or around the dataset's own landmarks
+(`faces.crop_around_landmarks`, landmarks="dataset", no MediaPipe). Every input file ends up as one row of the
+builder's `report_rows` (see `layouts.Issue`); a bad file never stops the build.
+
+Only this module and `preprocess` import tensorflow_datasets; training reads `FaceRecords`.
+"""
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any, Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from aujax import facs
+from aujax.data import layouts
+
+VERSION = "1.0.0"
+_BUILD_ONLY_OPTIONS = ("workers",)  # change how a dataset is built, not what it holds: not in the config name
+
+
+def _features(extras: dict[str, Any]) -> tfds.features.FeaturesDict:
+    size, n = facs.IMAGE_SIZE, facs.NUM_AUS
+    return tfds.features.FeaturesDict({
+            "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8),
+            "landmarks": tfds.features.Tensor(shape=(facs.NUM_LANDMARKS, 2), dtype=np.float32),
+            "labels": tfds.features.Tensor(shape=(n,), dtype=np.uint8),
+            "intensity": tfds.features.Tensor(shape=(n,), dtype=np.float32),
+            "subject": tfds.features.Text(),
+            "source": tfds.features.Text(),
+            **extras,
+    })
+
+
+# --- configs ------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(eq=False)
+class FaceConfig(tfds.core.BuilderConfig):
+    """Options every real-image dataset takes.
+
+    landmarks  "mediapipe" (crop and landmarks from MediaPipe) or "dataset" (the dataset's own landmarks)
+    pain_only  keep only faces with at least one of the 8 pain AUs (as the paper)
+    margin     crop margin around the landmarks' box, as a fraction of its side
+    workers    processes cropping with MediaPipe (None: faces.crop_files' default); does not change the data
+    """
+    landmarks: str = "mediapipe"
+    pain_only: bool = True
+    margin: float = 0.25
+    workers: int | None = None
+
+    def validate(self) -> None:
+        if self.landmarks not in layouts.LANDMARK_CHOICES:
+            raise ValueError(f"landmarks={self.landmarks!r}: expected one of {layouts.LANDMARK_CHOICES}")
+        if not 0 <= self.margin <= 2:
+            raise ValueError(f"margin={self.margin}: expected a fraction in [0, 2]")
+
+    def name_parts(self) -> list[str]:
+        return [self.landmarks, "pain" if self.pain_only else "all", f"margin{self.margin:g}"]
+
+
+@dataclasses.dataclass(eq=False)
+class CkPlusConfig(FaceConfig):
+    """label_frames: which frames of a sequence take its peak frame's FACS code: "peak", "last_fraction:F", "all"."""
+    label_frames: str = layouts.DEFAULT_LABEL_FRAMES
+
+    def validate(self) -> None:
+        super().validate()
+        layouts.parse_label_frames(self.label_frames)
+
+    def name_parts(self) -> list[str]:
+        return super().name_parts() + [self.label_frames.replace("last_fraction:", "last")]
+
+
+@dataclasses.dataclass(eq=False)
+class ManifestConfig(FaceConfig):
+    """manifest: CSV file (relative to the data root); exclude_subjects: subject ids left out."""
+    manifest: str = "manifest.csv"
+    exclude_subjects: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        super().validate()
+        self.exclude_subjects = _subject_list(self.exclude_subjects)
+
+    def name_parts(self) -> list[str]:
+        excluded = ["excl_" + "_".join(self.exclude_subjects)] if self.exclude_subjects else []
+        return super().name_parts() + [re.sub(r"\.csv$", "", self.manifest)] + excluded
+
+
+@dataclasses.dataclass(eq=False)
+class ActorStudyConfig(ManifestConfig):
+    """The Actor Study's manifest; participant 16 is left out by default, as in the paper."""
+    exclude_subjects: tuple[str, ...] = ("16",)
+
+
+@dataclasses.dataclass(eq=False)
+class SyntheticConfig(tfds.core.BuilderConfig):
+    """Arguments of `synthetic.generate`."""
+    num_subjects: int = 8
+    images_per_subject: int = 10
+    domain: str = "posed"
+    seed: int = 0
+    subject_prefix: str = "S"
+    spurious_cue_au: int | None = None
+    spurious_cue_probability: float = 0.9
+
+    def validate(self) -> None:
+        if self.num_subjects < 1 or self.images_per_subject < 1:
+            raise ValueError(f"synthetic_faces: num_subjects={self.num_subjects} and "
+                             f"images_per_subject={self.images_per_subject} must be >= 1")
+
+    def name_parts(self) -> list[str]:
+        cue = [f"cue_au{self.spurious_cue_au}_p{self.spurious_cue_probability:g}"] if self.spurious_cue_au else []
+        return [f"{self.num_subjects}x{self.images_per_subject}", self.domain, f"seed{self.seed}",
+                f"subj{self.subject_prefix}"] + cue
+
+
+def _subject_list(subjects) -> tuple[str, ...]:
+    """Subject ids from a tuple/list or a comma-separated string, as a sorted tuple of str."""
+    if isinstance(subjects, str):
+        subjects = subjects.split(",")
+    return tuple(sorted({str(s).strip() for s in subjects if str(s).strip()}))
+
+
+def _options(config: tfds.core.BuilderConfig) -> dict[str, Any]:
+    """The options a config was made from (its own dataclass fields, not tfds' bookkeeping)."""
+    base = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in base}
+
+
+# --- builders -----------------------------------------------------------------------------------------------------
+
+class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A face dataset read from a manual directory; subclasses name their layout scan and extras."""
+    VERSION = tfds.core.Version(VERSION)
+    # tfds derives this from the package, which on Python >= 3.9 needs the importlib_resources backport; it only
+    # serves to find a download-checksums file, and these datasets download nothing.
+    code_path = epath.Path(__file__)
+    CONFIG_CLASS = FaceConfig
+    EXTRA_FEATURES: dict[str, Any] = {}
+    DESCRIPTION = ""
+    report_rows: list[layouts.Issue]
+    other_aus: dict[int, int]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(builder=self, description=self.DESCRIPTION,
+                                     features=_features(self.EXTRA_FEATURES))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(str(dl_manager.manual_dir))}
+
+    def check_manual_dir(self, manual_dir: str) -> None:
+        """LayoutError, with the expected tree, if `manual_dir` is not laid out for this dataset."""
+        layouts.check_layout(self.name, manual_dir, self.builder_config.landmarks == "dataset",
+                             **self._layout_options())
+
+    def _layout_options(self) -> dict[str, str]:
+        return {}
+
+    def scan(self, root: str) -> layouts.Scan:
+        raise NotImplementedError
+
+    def _generate_examples(self, root: str) -> Iterator[tuple[str, dict]]:
+        scan = self.scan(root)
+        self.report_rows, self.other_aus = list(scan.issues), dict(scan.other_aus)
+        for face, crop in _crop(scan.faces, self.builder_config):
+            if not isinstance(crop, tuple):
+                self.report_rows.append(layouts.Issue(face.source, "skipped", crop.reason,
+                                                      f"{face.source}: {crop.detail}"))
+                continue
+            image, landmarks, num_faces = crop
+            self.report_rows.append(_ok_row(face, num_faces))
+            yield face.source, {"image": image, "landmarks": landmarks.astype(np.float32), "labels": face.labels,
+                                "intensity": face.intensity, "subject": face.subject, "source": face.source,
+                                **face.extras}
+
+
+def _ok_row(face: layouts.FaceFile, num_faces: int) -> layouts.Issue:
+    """The report row of a face written to the dataset, with its notes (e.g. several faces in the image)."""
+    several = (("several_faces", f"{face.source}: {num_faces} faces; kept the largest"),) if num_faces > 1 else ()
+    notes = face.notes + several
+    return layouts.Issue(face.source, "ok", ";".join(r for r, _ in notes), "; ".join(m for _, m in notes))
+
+
+def _crop(faces: list[layouts.FaceFile], config: FaceConfig):
+    """(face, (image, landmarks, num_faces) or faces.FaceError) for each face, in order."""
+    if not faces:
+        return
+    from aujax.data import faces as face_crops  # MediaPipe and OpenCV only where images are cropped
+
+    if config.landmarks == "mediapipe":
+        results = face_crops.crop_files([f.path for f in faces], workers=config.workers, margin=config.margin)
+        for face, (_, result) in zip(faces, results):
+            is_error = isinstance(result, face_crops.FaceError)
+            yield face, result if is_error else (result.image, result.landmarks, result.num_faces)
+        return
+    for face in faces:
+        try:
+            image = face_crops.read_image(face.path)
+            yield face, (*face_crops.crop_around_landmarks(image, face.landmarks, config.margin, source=face.path), 1)
+        except face_crops.FaceError as error:
+            yield face, error
+
+
+class CkPlus(_FaceBuilder, skip_registration=True):
+    """Extended Cohn-Kanade (CK+): posed expression sequences from neutral to peak, FACS-coded at the peak."""
+    name = "ck_plus"
+    CONFIG_CLASS = CkPlusConfig
+    EXTRA_FEATURES = {"peak": tfds.features.Tensor(shape=(), dtype=np.bool_)}
+    DESCRIPTION = "CK+ face crops with the 8 pain AUs, labels propagated from each sequence's peak frame."
+    MANUAL_DOWNLOAD_INSTRUCTIONS = ("Extract the CK+ distribution (cohn-kanade-images, FACS, Landmarks) so that:\n"
+                                    + layouts.EXPECTED_TREES["ck_plus"])
+
+    def scan(self, root: str) -> layouts.Scan:
+        config = self.builder_config
+        return layouts.scan_ck_plus(root, config.label_frames, config.pain_only, config.landmarks == "dataset")
+
+
+class UnbcMcmaster(_FaceBuilder, skip_registration=True):
+    """UNBC-McMaster Shoulder Pain Expression Archive: spontaneous pain, FACS-coded per frame, with PSPI."""
+    name = "unbc_mcmaster"
+    EXTRA_FEATURES = {"pspi": tfds.features.Tensor(shape=(), dtype=np.float32)}
+    DESCRIPTION = "UNBC-McMaster face crops with the 8 pain AUs and the frame's PSPI score."
+    MANUAL_DOWNLOAD_INSTRUCTIONS = ("Extract the UNBC-McMaster distribution so that:\n"
+                                    + layouts.EXPECTED_TREES["unbc_mcmaster"])
+
+    def scan(self, root: str) -> layouts.Scan:
+        config = self.builder_config
+        return layouts.scan_unbc(root, config.pain_only, config.landmarks == "dataset")
+
+
+class Manifest(_FaceBuilder, skip_registration=True):
+    """Any dataset described by a CSV manifest of images, subjects and AU codes."""
+    name = "manifest"
+    CONFIG_CLASS = ManifestConfig
+    DESCRIPTION = "Face crops listed by a CSV manifest (image, subject, AU<n>, optional landmarks)."
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Put the images and the manifest under one data root:\n" + \
+                                   layouts.EXPECTED_TREES["manifest"]
+
+    def _layout_options(self) -> dict[str, str]:
+        return {"manifest": self.builder_config.manifest}
+
+    def scan(self, root: str) -> layouts.Scan:
+        config = self.builder_config
+        return layouts.scan_manifest(root, config.manifest, config.exclude_subjects, config.pain_only,
+                                     config.landmarks == "dataset", dataset=self.name)
+
+
+class ActorStudy(Manifest, skip_registration=True):
+    """The paper's Actor Study, given as a manifest; participant 16 left out by default."""
+    name = "actor_study"
+    CONFIG_CLASS = ActorStudyConfig
+    DESCRIPTION = "Actor Study face crops from a CSV manifest, participant 16 excluded by default."
+
+
+class SyntheticFaces(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """The embedded synthetic face generator as a dataset (no manual directory)."""
+    name = "synthetic_faces"
+    VERSION = tfds.core.Version(VERSION)
+    code_path = epath.Path(__file__)  # as in _FaceBuilder
+    CONFIG_CLASS = SyntheticConfig
+    report_rows: list[layouts.Issue]
+    other_aus: dict[int, int]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(builder=self, description="Synthetic faces from aujax.data.synthetic.",
+                                     features=_features({}))
+
+    def check_manual_dir(self, manual_dir: str) -> None:
+        """The generator needs no manual directory."""
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self) -> Iterator[tuple[str, dict]]:
+        from aujax.data import synthetic
+
+        options = _options(self.builder_config)
+        records = synthetic.generate(**options, name=self.name)
+        self.report_rows, self.other_aus = [], {}
+        for i in range(len(records)):
+            source = str(records.source[i])
+            self.report_rows.append(layouts.Issue(source, "ok", "", ""))
+            yield source, {field: getattr(records, field)[i]
+                           for field in ("image", "landmarks", "labels", "intensity", "subject", "source")}
+
+
+BUILDERS = {b.name: b for b in (CkPlus, UnbcMcmaster, Manifest, ActorStudy, SyntheticFaces)}
+
+
+def option_names(dataset: str) -> list[str]:
+    """The options `make_builder` takes for `dataset`."""
+    return list(_options(_builder_class(dataset).CONFIG_CLASS(name="-")))
+
+
+def make_config(dataset: str, **options) -> tfds.core.BuilderConfig:
+    """The config for `dataset` with `options` (others at their defaults), named after what shapes the data.
+
+    ValueError naming the option if one is unknown or has a bad value.
+    """
+    config_class = _builder_class(dataset).CONFIG_CLASS
+    known = option_names(dataset)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"{dataset}: unknown option(s) {unknown}; options are {known}")
+    config = config_class(name="-", **options)
+    config.validate()
+    data_options = {k: v for k, v in _options(config).items() if k not in _BUILD_ONLY_OPTIONS}
+    name = re.sub(r"[^\w.+-]+", "-", ".".join(config.name_parts()))
+    return dataclasses.replace(config, name=name, description=json.dumps(data_options, sort_keys=True))
+
+
+def make_builder(dataset: str, data_dir: str, **options) -> tfds.core.GeneratorBasedBuilder:
+    """The builder of `dataset` writing array_record files under `data_dir`, configured by `options`."""
+    return _builder_class(dataset)(config=make_config(dataset, **options), data_dir=data_dir,
+                                   file_format="array_record")
+
+
+def built_config_names(dataset: str, data_dir: str) -> list[str]:
+    """Names of the configs of `dataset` built (version 1.0.0 complete) under `data_dir`."""
+    dataset_dir = os.path.join(data_dir, _builder_class(dataset).name)
+    if not os.path.isdir(dataset_dir):
+        return []
+    return sorted(c for c in os.listdir(dataset_dir)
+                  if os.path.isfile(os.path.join(dataset_dir, c, VERSION, "dataset_info.json")))
+
+
+def _builder_class(dataset: str):
+    if dataset not in BUILDERS:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(BUILDERS)}")
+    return BUILDERS[dataset]

@@ -1,0 +1,584 @@
+"""The on-disk layouts of CK+, UNBC-McMaster and CSV manifests, read in pure python.
+
+A scan walks a dataset's directory tree, parses its FACS, PSPI and landmark text files, applies the label options
+(pain-AU filter, which CK+ frames carry the peak frame's code, excluded subjects) and says what it did with every
+file. It reads no image and runs no face detector: the result is a list of `FaceFile`s (images to crop, with their
+labels) and a list of `Issue`s (files skipped, filtered out or only partly usable, each with a reason and a message
+naming the file). Paths in both are relative to the dataset's root, '/'-separated.
+
+Layouts (the distributions' own):
+
+  ck_plus         cohn-kanade-images/S005/001/S005_001_00000011.png
+                  FACS/S005/001/S005_001_00000011_facs.txt          one per sequence: its peak (last) frame
+                  Landmarks/S005/001/S005_001_00000011_landmarks.txt  68 "x y" lines, one per frame
+  unbc_mcmaster   Images/<subject>/<sequence>/<frame>.png
+                  Frame_Labels/FACS/<subject>/<sequence>/<frame>_facs.txt   one per frame
+                  Frame_Labels/PSPI/<subject>/<sequence>/<frame>_facs.txt   one float per frame
+                  AAM_landmarks/<subject>/<sequence>/<frame>_aam.txt        66 "x y" lines per frame
+  manifest        manifest.csv with columns image, subject, AU<n>..., optional x0,y0,...,x67,y67
+
+FACS files hold one "AU intensity" line per coded action unit, numbers as floats (`4.0000000e+00 3.0000000e+00`);
+UNBC adds two more columns, which are ignored. A listed AU is present; its intensity is 1-5 (A-E), 0 where the
+coders gave none.
+"""
+
+import collections
+import csv
+import dataclasses
+import math
+import os
+import re
+from typing import Any, Callable, Iterable, Mapping, NoReturn
+
+import numpy as np
+
+from aujax import facs
+
+_IMAGE_DIRS = {"ck_plus": "cohn-kanade-images", "unbc_mcmaster": "Images"}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+LANDMARK_CHOICES = ("mediapipe", "dataset")
+DEFAULT_LABEL_FRAMES = "last_fraction:0.33"
+MAX_INTENSITY = 5.0  # FACS intensity E
+
+EXPECTED_TREES = {
+        "ck_plus": """\
+<manual_dir>/
+  cohn-kanade-images/S005/001/S005_001_00000001.png ... S005_001_00000011.png
+  FACS/S005/001/S005_001_00000011_facs.txt          (one per sequence, for its peak frame; lines "AU intensity")
+  Landmarks/S005/001/S005_001_00000001_landmarks.txt (68 lines "x y" per frame; for landmarks="dataset")""",
+        "unbc_mcmaster": """\
+<manual_dir>/
+  Images/<subject>/<sequence>/<frame>.png
+  Frame_Labels/FACS/<subject>/<sequence>/<frame>_facs.txt  (per frame; lines "AU intensity [...]", empty if none)
+  Frame_Labels/PSPI/<subject>/<sequence>/<frame>_facs.txt  (per frame; one number)
+  AAM_landmarks/<subject>/<sequence>/<frame>_aam.txt       (66 lines "x y" per frame; for landmarks="dataset")""",
+        "manifest": """\
+<manual_dir>/                      (the data root; every image path in the CSV is relative to it)
+  manifest.csv                     header: image,subject,AU4,AU6,...[,x0,y0,...,x67,y67]
+  <any sub-folders>/<images>       e.g. images/p01/0001.png""",
+}
+
+
+class LayoutError(ValueError):
+    """The manual directory is missing or not laid out as the dataset expects; the message shows the expected tree."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Issue:
+    """What happened to one input file that did not simply become a face.
+
+    status: "ok" (written, with a note), "skipped" (unusable), "filtered" (dropped by an option), "warning" (a
+    label file partly unusable; the rest of it was used).
+    """
+    source: str
+    status: str
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceFile:
+    """One image to crop, with what the dataset says about it.
+
+    labels     uint8 (8,) binary, `facs.AU_IDS` order
+    intensity  float32 (8,) FACS intensity 1-5, 0 where unknown or absent
+    landmarks  float32 (68, 2) (x, y) pixels in the image, the dataset's own; None unless asked for
+    extras     dataset-specific example features, e.g. {"pspi": 3.0}
+    notes      (reason, message) pairs that did not stop the face from being used
+    """
+    path: str
+    source: str
+    subject: str
+    labels: np.ndarray
+    intensity: np.ndarray
+    landmarks: np.ndarray | None = None
+    extras: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    notes: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Scan:
+    """A dataset's faces to crop, what happened to every other file, and how often each non-pain AU code was seen."""
+    faces: list[FaceFile]
+    issues: list[Issue]
+    other_aus: collections.Counter
+
+
+@dataclasses.dataclass(frozen=True)
+class FacsCodes:
+    """A parsed FACS file: AU number -> intensity, and the lines that could not be used as (line number, why)."""
+    codes: dict[int, float]
+    malformed: list[tuple[int, str]]
+
+
+# --- text files ---------------------------------------------------------------------------------------------------
+
+def parse_facs(path: str) -> FacsCodes:
+    """Read a FACS file ("AU intensity [more columns]" per line, floats); OSError if it cannot be opened.
+
+    Blank lines are skipped. A line is malformed (reported, ignored) when it has fewer than two numbers, a
+    non-numeric or non-integer AU, or an intensity outside [0, 5]. An AU listed twice keeps its larger intensity.
+    """
+    codes: dict[int, float] = {}
+    malformed = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            try:
+                au, intensity = _facs_line(fields)
+            except ValueError as e:
+                malformed.append((number, f"{line.strip()[:80]!r}: {e}"))
+                continue
+            codes[au] = max(intensity, codes.get(au, 0.0))
+    return FacsCodes(codes, malformed)
+
+
+def _facs_line(fields: list[str]) -> tuple[int, float]:
+    if len(fields) < 2:
+        raise ValueError("expected 'AU intensity'")
+    if len(fields) > 4:
+        raise ValueError("more than 4 columns")
+    try:
+        au, intensity = float(fields[0]), float(fields[1])
+    except ValueError:
+        raise ValueError("not numbers") from None
+    if not (math.isfinite(au) and au == int(au) and au >= 0):
+        raise ValueError(f"AU {fields[0]} is not a whole number")
+    if not 0 <= intensity <= MAX_INTENSITY:
+        raise ValueError(f"intensity {fields[1]} outside [0, {MAX_INTENSITY:g}]")
+    return int(au), intensity
+
+
+def parse_points(path: str, num_points: int) -> np.ndarray:
+    """(num_points, 2) float32 (x, y) from a text file of "x y" lines; ValueError naming the file and line if not."""
+    points = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            try:
+                point = [float(v) for v in fields]
+            except ValueError:
+                point = []
+            if len(point) != 2 or not all(map(math.isfinite, point)):
+                raise ValueError(f"{path}: line {number}: expected 'x y', got {line.strip()[:80]!r}")
+            points.append(point)
+    if len(points) != num_points:
+        raise ValueError(f"{path}: {len(points)} points, expected {num_points}")
+    return np.asarray(points, np.float32)
+
+
+def parse_pspi(path: str) -> float:
+    """The PSPI score in a UNBC PSPI file (one number, >= 0); ValueError naming the file if it is not one."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read().split()
+    try:
+        (value,) = [float(v) for v in text]
+    except ValueError:
+        raise ValueError(f"{path}: expected one number, got {' '.join(text)[:80]!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{path}: PSPI {value} is not a score >= 0")
+    return value
+
+
+def aam66_to_ibug68(points66: np.ndarray) -> np.ndarray:
+    """(68, 2) iBUG-68 points from UNBC's (66, 2) AAM points.
+
+    The 66-point set is iBUG-68 without the inner mouth corners 60 and 64; they are put on the outer mouth corners
+    48 and 54, which they lie within a few pixels of (no geometry is invented).
+    """
+    p = np.asarray(points66, np.float32)
+    return np.concatenate([p[:60], p[48:49], p[60:63], p[54:55], p[63:66]])
+
+
+def labels_from_codes(codes: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray]:
+    """(labels uint8 (8,), intensity float32 (8,)) from AU number -> intensity; AUs outside `facs.AU_IDS` ignored."""
+    labels = np.array([au in codes for au in facs.AU_IDS], np.uint8)
+    intensity = np.array([codes.get(au, 0.0) for au in facs.AU_IDS], np.float32)
+    return labels, intensity
+
+
+# --- layout checks ------------------------------------------------------------------------------------------------
+
+def check_layout(dataset: str, root: str, dataset_landmarks: bool = False, manifest: str = "manifest.csv") -> None:
+    """LayoutError, with the expected tree, unless `root` is laid out as `dataset` ("ck_plus", "unbc_mcmaster",
+    "manifest") expects; "actor_study" is a manifest."""
+    layout = "manifest" if dataset == "actor_study" else dataset
+    if layout not in EXPECTED_TREES:
+        raise ValueError(f"no layout for dataset {dataset!r}; known: {sorted(EXPECTED_TREES)} and 'actor_study'")
+    if layout == "manifest":
+        required = [manifest]
+    else:
+        required = {
+                "ck_plus": ["cohn-kanade-images", "FACS"] + ["Landmarks"] * dataset_landmarks,
+                "unbc_mcmaster": ["Images", "Frame_Labels/FACS", "Frame_Labels/PSPI"]
+                                 + ["AAM_landmarks"] * dataset_landmarks,
+        }[layout]
+    if not root:
+        _layout_error(dataset, root, "no manual directory given")
+    if not os.path.isdir(root):
+        _layout_error(dataset, root, f"manual directory {root!r} does not exist or is not a directory")
+    missing = [name for name in required if not os.path.exists(os.path.join(root, name))]
+    if missing:
+        _layout_error(dataset, root, f"manual directory {root!r} lacks {', '.join(missing)}")
+    if layout == "manifest":
+        _read_manifest(root, manifest, dataset_landmarks)
+    elif not _sequences(os.path.join(root, _IMAGE_DIRS[layout])):
+        _layout_error(dataset, root, f"no image files found at the expected depth under {_IMAGE_DIRS[layout]}/")
+
+
+def _layout_error(dataset: str, root: str, problem: str) -> NoReturn:
+    layout = "manifest" if dataset == "actor_study" else dataset
+    hint = ""
+    if root and os.path.isdir(root):
+        entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
+        hint = f"\nIt holds: {', '.join(entries[:20]) or '(nothing)'}{' ...' if len(entries) > 20 else ''}"
+    raise LayoutError(f"{dataset}: {problem}.{hint}\nExpected layout:\n{EXPECTED_TREES[layout]}")
+
+
+def _sequences(images_dir: str) -> dict[tuple[str, str], list[str]]:
+    """(subject, sequence) -> sorted image file names, for images_dir/<subject>/<sequence>/<image>."""
+    found = {}
+    for subject in _sorted_dirs(images_dir):
+        for sequence in _sorted_dirs(os.path.join(images_dir, subject)):
+            sequence_dir = os.path.join(images_dir, subject, sequence)
+            names = sorted(n for n in os.listdir(sequence_dir)
+                           if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith("."))
+            if names:
+                found[subject, sequence] = names
+    return found
+
+
+def _sorted_dirs(path: str) -> list[str]:
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+
+
+def _label_files(labels_dir: str, suffix: str) -> set[str]:
+    """Paths relative to labels_dir of labels_dir/<subject>/<sequence>/<name><suffix>."""
+    if not os.path.isdir(labels_dir):
+        return set()
+    return {f"{subject}/{sequence}/{name}"
+            for subject in _sorted_dirs(labels_dir)
+            for sequence in _sorted_dirs(os.path.join(labels_dir, subject))
+            for name in os.listdir(os.path.join(labels_dir, subject, sequence)) if name.endswith(suffix)}
+
+
+# --- shared steps -------------------------------------------------------------------------------------------------
+
+class _Collector:
+    """Accumulates a scan's faces, issues and non-pain AU counts."""
+
+    def __init__(self):
+        self.faces: list[FaceFile] = []
+        self.issues: list[Issue] = []
+        self.other_aus: collections.Counter = collections.Counter()
+
+    def issue(self, source: str, status: str, reason: str, message: str) -> None:
+        self.issues.append(Issue(source, status, reason, message))
+
+    def read_facs(self, path: str, source: str) -> dict[int, float] | None:
+        """AU -> intensity from a FACS file, counting other AUs and reporting malformed lines; None if unreadable."""
+        try:
+            parsed = parse_facs(path)
+        except OSError as e:
+            self.issue(source, "skipped", "unreadable_facs", f"{source}: cannot read FACS file ({e.strerror})")
+            return None
+        if parsed.malformed:
+            lines = "; ".join(f"line {n}: {why}" for n, why in parsed.malformed)
+            self.issue(source, "warning", "malformed_facs_line", f"{source}: ignored {lines}")
+        self.other_aus.update(au for au in parsed.codes if au not in facs.AU_IDS)
+        return parsed.codes
+
+    def keep(self, face: FaceFile, pain_only: bool) -> None:
+        """Add `face`, or file it as filtered when `pain_only` and it has no pain AU."""
+        if pain_only and not face.labels.any():
+            self.issue(face.source, "filtered", "no_pain_au", f"{face.source}: none of AUs {facs.AU_IDS} coded")
+        else:
+            self.faces.append(face)
+
+    def scan(self) -> Scan:
+        return Scan(self.faces, self.issues, self.other_aus)
+
+
+def _attach_landmarks(collector: _Collector, root: str, landmarks_source: Callable[[FaceFile], str],
+                      read: Callable[[str], np.ndarray]) -> None:
+    """Give each kept face the dataset's landmarks (file at root/landmarks_source(face)); faces without usable
+    landmarks are skipped ("no_landmarks" / "bad_landmarks")."""
+    with_landmarks = []
+    for face in collector.faces:
+        source = landmarks_source(face)
+        path = os.path.join(root, source)
+        if not os.path.isfile(path):
+            collector.issue(face.source, "skipped", "no_landmarks", f"{face.source}: no landmarks file {source}")
+            continue
+        try:
+            points = read(path)
+        except (OSError, ValueError) as e:
+            collector.issue(face.source, "skipped", "bad_landmarks", f"{face.source}: {e}")
+            continue
+        with_landmarks.append(dataclasses.replace(face, landmarks=points))
+    collector.faces = with_landmarks
+
+
+def _report_unused_facs(collector: _Collector, facs_sources: Iterable[str], images_dir: str) -> None:
+    for source in sorted(facs_sources):
+        collector.issue(source, "skipped", "facs_without_image",
+                        f"{source}: FACS file for a frame with no image under {images_dir}/")
+
+
+# --- CK+ ----------------------------------------------------------------------------------------------------------
+
+def parse_label_frames(spec: str) -> float | None:
+    """The fraction of a sequence, counted back from its peak, that takes the peak's FACS code.
+
+    "peak" -> 0 (the peak frame only); "last_fraction:F" -> F in (0, 1]; "all" -> None (every frame but the first).
+    """
+    if spec == "peak":
+        return 0.0
+    if spec == "all":
+        return None
+    match = re.fullmatch(r"last_fraction:(\d*\.?\d+)", spec)
+    fraction = float(match.group(1)) if match else -1.0
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label_frames={spec!r}: expected 'peak', 'all' or 'last_fraction:F' with 0 < F <= 1")
+    return fraction
+
+
+def labelled_frames(num_frames: int, peak: int, label_frames: str) -> range:
+    """Indices (into the sorted frames of a sequence) of the frames that take the code of frame `peak`.
+
+    A window that ends at the peak: just the peak ("peak"), the last ceil(F * num_frames) frames ("last_fraction:F")
+    or all frames ("all"); the first frame is the sequence's neutral onset and is left out unless it is the peak.
+    """
+    fraction = parse_label_frames(label_frames)
+    length = peak + 1 if fraction is None else max(1, math.ceil(fraction * num_frames))
+    return range(max(min(1, peak), peak - length + 1), peak + 1)
+
+
+def scan_ck_plus(root: str, label_frames: str = DEFAULT_LABEL_FRAMES, pain_only: bool = True,
+                 dataset_landmarks: bool = False) -> Scan:
+    """The faces of a CK+ tree at `root`, each sequence's FACS code given to the frames `label_frames` names."""
+    parse_label_frames(label_frames)
+    check_layout("ck_plus", root, dataset_landmarks)
+    sequences = _sequences(os.path.join(root, "cohn-kanade-images"))
+    unused_facs = {f"FACS/{p}" for p in _label_files(os.path.join(root, "FACS"), "_facs.txt")}
+    collector = _Collector()
+    for (subject, sequence), names in sequences.items():
+        frames = [f"cohn-kanade-images/{subject}/{sequence}/{name}" for name in names]
+        stems = [os.path.splitext(name)[0] for name in names]
+        facs_sources = [s for s in sorted(f"FACS/{subject}/{sequence}/{stem}_facs.txt" for stem in stems)
+                        if s in unused_facs]
+        unused_facs.difference_update(facs_sources)
+        if not facs_sources:
+            for frame in frames:
+                collector.issue(frame, "skipped", "no_facs",
+                                f"{frame}: no FACS file for its sequence under FACS/{subject}/{sequence}/")
+            continue
+        *extra, facs_source = facs_sources  # the latest coded frame is the peak
+        for source in extra:
+            collector.issue(source, "warning", "several_facs_files",
+                            f"{source}: sequence has several FACS files; used {facs_source}")
+        codes = collector.read_facs(os.path.join(root, facs_source), facs_source)
+        peak = stems.index(os.path.basename(facs_source)[:-len("_facs.txt")])
+        window = labelled_frames(len(frames), peak, label_frames) if codes is not None else range(0)
+        labels, intensity = labels_from_codes(codes or {})
+        for index, (frame, name) in enumerate(zip(frames, names)):
+            if codes is None:
+                collector.issue(frame, "skipped", "no_facs", f"{frame}: its FACS file {facs_source} is unreadable")
+            elif index not in window:
+                collector.issue(frame, "filtered", "unlabelled_frame",
+                                f"{frame}: outside label_frames={label_frames!r} of its sequence")
+            else:
+                collector.keep(FaceFile(os.path.join(root, frame), frame, subject, labels, intensity,
+                                        extras={"peak": index == peak}), pain_only)
+    _report_unused_facs(collector, unused_facs, "cohn-kanade-images")
+    if dataset_landmarks:
+        _attach_landmarks(collector, root, _ck_plus_landmarks_source, lambda p: parse_points(p, facs.NUM_LANDMARKS))
+    return collector.scan()
+
+
+def _ck_plus_landmarks_source(face: FaceFile) -> str:
+    subject_sequence, name = face.source[len("cohn-kanade-images/"):].rsplit("/", 1)
+    return f"Landmarks/{subject_sequence}/{os.path.splitext(name)[0]}_landmarks.txt"
+
+
+# --- UNBC-McMaster ------------------------------------------------------------------------------------------------
+
+def scan_unbc(root: str, pain_only: bool = True, dataset_landmarks: bool = False) -> Scan:
+    """The faces of a UNBC-McMaster tree at `root`, labelled from their per-frame FACS files, with their PSPI."""
+    check_layout("unbc_mcmaster", root, dataset_landmarks)
+    sequences = _sequences(os.path.join(root, "Images"))
+    unused_facs = {f"Frame_Labels/FACS/{p}" for p in _label_files(os.path.join(root, "Frame_Labels/FACS"), "_facs.txt")}
+    collector = _Collector()
+    for (subject, sequence), names in sequences.items():
+        for name in names:
+            frame = f"Images/{subject}/{sequence}/{name}"
+            label_name = f"{subject}/{sequence}/{os.path.splitext(name)[0]}_facs.txt"
+            facs_source = f"Frame_Labels/FACS/{label_name}"
+            if facs_source not in unused_facs:
+                collector.issue(frame, "skipped", "no_facs", f"{frame}: no FACS file {facs_source}")
+                continue
+            unused_facs.discard(facs_source)
+            codes = collector.read_facs(os.path.join(root, facs_source), facs_source)
+            if codes is None:
+                collector.issue(frame, "skipped", "no_facs", f"{frame}: its FACS file {facs_source} is unreadable")
+                continue
+            pspi, notes = _read_pspi(root, f"Frame_Labels/PSPI/{label_name}", frame)
+            collector.keep(FaceFile(os.path.join(root, frame), frame, subject, *labels_from_codes(codes),
+                                    extras={"pspi": pspi}, notes=notes), pain_only)
+    _report_unused_facs(collector, unused_facs, "Images")
+    if dataset_landmarks:
+        _attach_landmarks(collector, root, _unbc_landmarks_source,
+                          lambda p: aam66_to_ibug68(parse_points(p, facs.NUM_LANDMARKS - 2)))
+    return collector.scan()
+
+
+def _read_pspi(root: str, source: str, frame: str) -> tuple[float, tuple[tuple[str, str], ...]]:
+    """(PSPI, notes): NaN and a note saying why when the PSPI file is missing or unreadable."""
+    try:
+        return parse_pspi(os.path.join(root, source)), ()
+    except FileNotFoundError:
+        return math.nan, (("no_pspi", f"{frame}: no PSPI file {source}; pspi stored as NaN"),)
+    except (OSError, ValueError) as e:
+        return math.nan, (("bad_pspi", f"{frame}: {e}; pspi stored as NaN"),)
+
+
+def _unbc_landmarks_source(face: FaceFile) -> str:
+    subject_sequence, name = face.source[len("Images/"):].rsplit("/", 1)
+    return f"AAM_landmarks/{subject_sequence}/{os.path.splitext(name)[0]}_aam.txt"
+
+
+# --- manifests ----------------------------------------------------------------------------------------------------
+
+_LANDMARK_COLUMNS = [f"{axis}{i}" for i in range(facs.NUM_LANDMARKS) for axis in "xy"]
+
+
+def resolve_inside(root: str, relative: str) -> str:
+    """The real path of `relative` under `root`; ValueError if it is absolute, has '..' or resolves outside root."""
+    if not relative:
+        raise ValueError("empty image path")
+    if os.path.isabs(relative) or re.match(r"^[A-Za-z]:[\\/]", relative):
+        raise ValueError(f"{relative!r} is an absolute path; manifest paths must be relative to the data root")
+    if ".." in re.split(r"[\\/]", relative):
+        raise ValueError(f"{relative!r} contains '..'; manifest paths must stay inside the data root")
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, relative))
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise ValueError(f"{relative!r} resolves to {real}, outside the data root {real_root} (a symlink?)")
+    return real
+
+
+def scan_manifest(root: str, manifest: str = "manifest.csv", exclude_subjects: Iterable[str] = (),
+                  pain_only: bool = True, dataset_landmarks: bool = False, dataset: str = "manifest") -> Scan:
+    """The faces a CSV manifest lists (image paths relative to `root`), without the `exclude_subjects`.
+
+    Columns: `image`, `subject`, `AU<n>` (value > 0 means present; the value is kept as intensity), optional
+    `x0,y0,...,x67,y67` (image pixels). Subject ids match exclusions exactly or as equal numbers ("016" == "16").
+    A row with a bad path or value is skipped and reported; the rest goes on.
+    """
+    check_layout(dataset, root, dataset_landmarks, manifest)
+    header, au_columns, rows = _read_manifest(root, manifest, dataset_landmarks)
+    excluded = [str(s) for s in exclude_subjects]
+    collector = _Collector()
+    missing_aus = [au for au in facs.AU_IDS if au not in au_columns.values()]
+    if missing_aus:
+        collector.issue(manifest, "warning", "missing_au_columns",
+                        f"{manifest}: no column for AU {missing_aus}; those AUs are labelled absent everywhere")
+    seen: set[str] = set()
+    for line, row in enumerate(rows, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        where = f"{manifest}:{line}"
+        try:
+            face = _manifest_face(root, header, au_columns, row, where, dataset_landmarks, collector.other_aus)
+        except ValueError as e:
+            collector.issue(where, "skipped", getattr(e, "reason", "malformed_row"), f"{where}: {e}")
+            continue
+        if face.source in seen:
+            collector.issue(where, "skipped", "duplicate", f"{where}: {face.source} already listed above")
+        elif any(_same_subject(face.subject, s) for s in excluded):
+            collector.issue(face.source, "filtered", "excluded_subject",
+                            f"{face.source}: subject {face.subject} is excluded")
+        else:
+            collector.keep(face, pain_only)
+        seen.add(face.source)
+    return collector.scan()
+
+
+class _RowError(ValueError):
+    """A manifest row that cannot be used; `reason` goes into the report."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _read_manifest(root: str, manifest: str, dataset_landmarks: bool) -> tuple[dict[str, int], dict[int, int], list]:
+    """(column name -> index, column index -> AU number, data rows); LayoutError naming the file if columns are
+    missing."""
+    path = os.path.join(root, manifest)
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        header, *rows = list(csv.reader(f)) or [[]]
+    columns = {name.strip(): i for i, name in enumerate(header)}
+    missing = [c for c in ("image", "subject") if c not in columns]
+    landmark_columns = [c for c in _LANDMARK_COLUMNS if c in columns]
+    if landmark_columns and len(landmark_columns) != len(_LANDMARK_COLUMNS):
+        missing += [c for c in _LANDMARK_COLUMNS if c not in columns]
+    elif dataset_landmarks and not landmark_columns:
+        missing += ["x0,y0,...,x67,y67 (landmarks='dataset')"]
+    if missing:
+        raise LayoutError(f"{path}: missing columns {', '.join(missing)}; header is {header}\n"
+                          f"Expected layout:\n{EXPECTED_TREES['manifest']}")
+    au_columns = {i: int(m.group(1)) for name, i in columns.items() if (m := re.fullmatch(r"(?i)AU0*(\d+)", name))}
+    return columns, au_columns, rows
+
+
+def _manifest_face(root: str, header: dict[str, int], au_columns: dict[int, int], row: list[str], where: str,
+                   dataset_landmarks: bool, other_aus: collections.Counter) -> FaceFile:
+    if len(row) != len(header):
+        raise ValueError(f"{len(row)} cells, header has {len(header)}")
+    relative = row[header["image"]].strip()
+    try:
+        path = resolve_inside(root, relative)
+    except ValueError as e:
+        raise _RowError("path_outside_root", str(e)) from None
+    if not os.path.isfile(path):
+        raise _RowError("missing_image", f"image {relative!r} does not exist under the data root")
+    subject = row[header["subject"]].strip()
+    if not subject:
+        raise ValueError("empty subject")
+    codes = {}
+    for column, au in au_columns.items():
+        value = _number(row[column], f"AU{au}")
+        if not 0 <= value <= MAX_INTENSITY:
+            raise ValueError(f"AU{au} = {row[column]!r} outside [0, {MAX_INTENSITY:g}]")
+        if value > 0:
+            codes[au] = value
+    other_aus.update(au for au in codes if au not in facs.AU_IDS)
+    landmarks = _manifest_landmarks(row, header) if dataset_landmarks else None
+    source = os.path.normpath(relative).replace(os.sep, "/")
+    return FaceFile(path, source, subject, *labels_from_codes(codes), landmarks=landmarks)
+
+
+def _manifest_landmarks(row: list[str], header: dict[str, int]) -> np.ndarray:
+    cells = [row[header[c]].strip() for c in _LANDMARK_COLUMNS]
+    if not all(cells):
+        raise _RowError("no_landmarks", "empty landmark cells")
+    return np.array([_number(c, "landmark") for c in cells], np.float32).reshape(facs.NUM_LANDMARKS, 2)
+
+
+def _number(cell: str, what: str) -> float:
+    try:
+        value = float(cell)
+    except ValueError:
+        raise ValueError(f"{what} = {cell!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{what} = {cell!r} is not finite")
+    return value
+
+
+def _same_subject(subject: str, excluded: str) -> bool:
+    return subject == excluded or (subject.isdigit() and excluded.isdigit() and int(subject) == int(excluded))

@@ -1,0 +1,139 @@
+"""AU regions on real landmarks: the astronaut photo's 68 points in its 112x112 crop (tests/data)."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aujax import facs, regions
+
+LANDMARKS_CSV = os.path.join(os.path.dirname(__file__), "data", "astronaut_landmarks68.csv")
+SIZE = facs.IMAGE_SIZE
+
+
+@pytest.fixture(scope="module")
+def landmarks() -> np.ndarray:
+    """(1, 68, 2) float32: FaceCropper's landmarks of tests/data/astronaut.png (test_faces checks they
+    still come out so)."""
+    return np.loadtxt(LANDMARKS_CSV, delimiter=",", skiprows=1, dtype=np.float32)[None]
+
+
+def _mask(masks, au: int) -> np.ndarray:
+    return np.asarray(masks)[0, facs.au_column(au)]
+
+
+def _covers(mask: np.ndarray, points: np.ndarray) -> bool:
+    columns, rows = np.floor(points).astype(int).T
+    return bool(np.all(mask[rows, columns]))
+
+
+def _centroid(mask: np.ndarray) -> np.ndarray:
+    rows, columns = np.nonzero(mask)
+    return np.array([columns.mean() + 0.5, rows.mean() + 0.5])
+
+
+@pytest.mark.parametrize("shape", regions.SHAPES)
+def test_masks_lie_where_their_aus_show(landmarks, shape):
+    lm = landmarks[0]
+    masks = regions.au_region_masks(landmarks, shape=shape)
+    eyes_y = lm[36:48, 1]
+    au4 = _mask(masks, 4)
+    assert _centroid(au4)[1] < eyes_y.mean() and _covers(au4, lm[[19, 21, 22, 24]]), "AU4 on the brows"
+    au6 = _mask(masks, 6)
+    rows, columns = np.nonzero(au6)
+    assert rows.min() + 0.5 > eyes_y.max() and _centroid(au6)[1] < lm[51, 1], "AU6 between eyes and mouth"
+    assert not au6[:, int(lm[51, 0])].any(), "AU6 leaves the face's midline"
+    assert (columns < lm[31, 0]).any() and (columns > lm[35, 0]).any(), "AU6 on both cheeks, beside the nose"
+    au7 = _mask(masks, 7)
+    assert _covers(au7, lm[[37, 38, 40, 41, 43, 44, 46, 47]]), "AU7 on the eyelids"
+    au9 = _mask(masks, 9)
+    assert _covers(au9, lm[[29, 30, 31, 35]]) and not au9[:, : int(lm[36, 0])].any(), "AU9 on the nose"
+    assert _centroid(au9)[1] < lm[33, 1], "AU9 above the nostrils"
+    au10 = _mask(masks, 10)
+    assert _covers(au10, lm[[50, 51, 52, 33]]) and not _covers(au10, lm[[57]]), "AU10 on the upper lip"
+    for au in (25, 26, 27):
+        assert _covers(_mask(masks, au), lm[[51, 57, 62, 66]]), f"AU{au} on the lips"
+    assert _centroid(_mask(masks, 26))[1] > _centroid(_mask(masks, 25))[1], "AU26 reaches below the lips"
+    assert _covers(_mask(masks, 27), lm[[48, 54, 8]]), "AU27 covers the mouth and the jaw down to the chin"
+
+
+@pytest.mark.parametrize("shape", regions.SHAPES)
+def test_masks_scale_with_the_face(landmarks, shape):
+    half = regions.au_region_masks(landmarks * 0.5, shape=shape)
+    full = regions.au_region_masks(landmarks, shape=shape)
+    ratio = np.asarray(full).sum(axis=(2, 3)) / np.asarray(half).sum(axis=(2, 3))
+    np.testing.assert_allclose(ratio, 4.0, rtol=0.2)
+
+
+def test_boxes_scale_with_the_ruler(landmarks):
+    boxes = np.asarray(regions.au_region_boxes(landmarks))
+    doubled = np.asarray(regions.au_region_boxes(landmarks * 2, size=2 * SIZE))
+    np.testing.assert_allclose(doubled, 2 * boxes, rtol=1e-5, atol=1e-4)
+    ruler = float(regions.face_ruler(landmarks)[0])
+    np.testing.assert_allclose(ruler, np.linalg.norm(landmarks[0, 42] - landmarks[0, 39]), rtol=1e-6)
+    au6 = boxes[0, facs.au_column(6), 0]
+    np.testing.assert_allclose(au6[2] - au6[0], 2 * 0.6 * ruler, rtol=1e-5)  # width from the table
+
+
+def test_shapes_dtypes_and_spare_slots(landmarks):
+    batch = np.concatenate([landmarks, landmarks + 3.0])
+    boxes = regions.au_region_boxes(batch)
+    assert boxes.shape == (2, facs.NUM_AUS, regions.MAX_BOXES, 4) and boxes.dtype == jnp.float32
+    for a, specs in enumerate(regions.AU_REGIONS):
+        assert np.all(np.asarray(boxes[:, a, len(specs):]) == 0), "spare slots are empty"
+        assert np.all(np.asarray(boxes[:, a, : len(specs), 2:] > boxes[:, a, : len(specs), :2]))
+    for shape in regions.SHAPES:
+        masks = regions.au_region_masks(batch, shape=shape)
+        assert masks.shape == (2, facs.NUM_AUS, SIZE, SIZE) and masks.dtype == jnp.bool_
+    polygons = regions.au_region_polygons(batch)
+    assert polygons.shape == (2, facs.NUM_AUS, regions.MAX_BOXES, 4, 2)
+    with pytest.raises(ValueError, match="shape"):
+        regions.au_region_masks(batch, shape="ellipse")
+    with pytest.raises(ValueError, match=r"\(n, 68, 2\)"):
+        regions.au_region_masks(batch[0])
+
+
+def test_boxes_are_clipped_to_the_image(landmarks):
+    shifted = landmarks - landmarks[0, 30] + (5.0, 100.0)  # nose tip near the bottom-left corner
+    boxes = np.asarray(regions.au_region_boxes(shifted))
+    assert boxes.min() >= 0 and boxes.max() <= SIZE
+    assert (boxes[..., 0] == 0).any() and (boxes[..., 3] == SIZE).any(), "some boxes were cut at the edges"
+    far = regions.au_region_masks(landmarks + 500.0)
+    assert not np.asarray(far).any(), "a face off the image has empty masks"
+
+
+def test_polygons_turn_with_the_head(landmarks):
+    centre = landmarks[0].mean(axis=0)
+    angle = np.deg2rad(20.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], np.float32)
+    turned = (landmarks - centre) @ rotation.T + centre
+    level = np.asarray(regions.au_region_polygons(landmarks))
+    expected = (level - centre) @ rotation.T + centre
+    used = np.array([[k < len(specs) for k in range(regions.MAX_BOXES)] for specs in regions.AU_REGIONS])
+    np.testing.assert_allclose(np.asarray(regions.au_region_polygons(turned))[0][used], expected[0][used],
+                               atol=1e-3)
+    boxes = regions.au_region_masks(landmarks, shape="box")
+    polygons = regions.au_region_masks(landmarks, shape="polygon")
+    overlap = np.asarray(boxes & polygons).sum() / np.asarray(boxes | polygons).sum()
+    assert overlap > 0.9, "on a near-level face, polygons are almost the boxes"
+
+
+@pytest.mark.parametrize("shape", regions.SHAPES)
+def test_jit_and_vmap_match_eager(landmarks, shape):
+    batch = np.concatenate([landmarks, landmarks * 0.8 + 5.0, landmarks + (10.0, -4.0)])
+    with jax.disable_jit():
+        eager = np.asarray(regions.au_region_masks(batch, shape=shape))
+    jitted = regions.au_region_masks(batch, shape=shape)
+    mapped = jax.vmap(lambda one: regions.au_region_masks(one[None], shape=shape)[0])(batch)
+    np.testing.assert_array_equal(np.asarray(jitted), eager)
+    np.testing.assert_array_equal(np.asarray(mapped), eager)
+    assert eager.any(axis=(2, 3)).all(), "every AU has a region on every face"
+
+
+def test_region_table_lists_every_box():
+    table = regions.region_table_markdown()
+    assert len(table.splitlines()) == 2 + sum(len(boxes) for boxes in regions.AU_REGIONS)
+    for au in facs.AU_IDS:
+        assert f"| AU{au} " in table
