@@ -1,0 +1,294 @@
+"""The run's report as one self-contained HTML file: summary, every results table and every figure.
+
+`write_report(workdir)` reads what the stages left under `workdir` (all optional) and writes `workdir/report.html`:
+
+  results/summary.json    header: best fold, mean F1s, held-out F1 per fold
+  config.json             the run's settings (folded away)
+  results/*.csv           one HTML table each, titled by the matching .json's "title"
+  results/figures/**.png  embedded as base64 data URIs, grouped by kind (`FIGURE_KINDS`), with captions
+
+The file has inline CSS only: no scripts, no fonts or images from elsewhere, so it opens from disk without a server
+and without a network; its Content-Security-Policy lets a browser load nothing but the embedded images. All text
+from the files is escaped.
+"""
+
+import base64
+import csv
+import dataclasses
+import datetime
+import html
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from aujax import facs, figures, files, report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Nothing but the embedded images and inline CSS may load: opened from disk, the report fetches nothing.
+CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+MAX_TABLE_ROWS = 200  # longer CSVs (e.g. the per-file preprocess report) show their first rows and say so
+# results/summary.json keys in the order shown, with their labels; other keys follow under their own names.
+SUMMARY_LABELS = {
+        "loso_pooled_mean_f1": "leave-one-subject-out mean F1 (pooled held-out predictions)",
+        "cross_mean_f1": "cross-domain mean F1 (model of the best fold)",
+        "best_fold": "best fold (highest held-out mean F1)",
+        "best_fold_subject": "held-out subject of the best fold",
+        "held_out_mean_f1_per_fold": "held-out mean F1 per fold",
+}
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1280px;
+       padding: 1.5em 2em 4em; color: #1d1d1f; background: #fff; line-height: 1.45; }
+h1 { font-size: 1.7em; margin-bottom: 0.2em; }
+h2 { font-size: 1.35em; border-bottom: 2px solid #e3e3e8; padding-bottom: 0.2em; margin-top: 2em; }
+h3 { font-size: 1.1em; margin: 1.6em 0 0.5em; }
+.meta, figcaption, .notes, .missing { color: #5a5a64; font-size: 0.92em; }
+nav a { margin-right: 1.2em; }
+table { border-collapse: collapse; margin: 0.4em 0; font-size: 0.9em; }
+th, td { border: 1px solid #d6d6de; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f1f1f5; }
+tbody tr:nth-child(even) { background: #fafafc; }
+td.number { text-align: right; font-variant-numeric: tabular-nums; }
+.na { color: #9a9aa4; }
+td.na { text-align: center; }
+.scroll { overflow-x: auto; }
+figure { margin: 1em 0 2em; }
+figure img { max-width: 100%; height: auto; border: 1px solid #ececf0; }
+code { background: #f4f4f7; padding: 0 0.25em; border-radius: 3px; }
+details { margin: 0.8em 0; }
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureKind:
+    """A section of figures: file names matching `pattern` (a regex, from the start of the name), captioned by
+    `caption(match)`."""
+    title: str
+    pattern: str
+    caption: Callable[[re.Match], str]
+
+
+def _figure2_caption(match: re.Match) -> str:
+    au = int(match.group(1))
+    label = f"AU{au} {facs.AU_NAMES[au]}" if au in facs.AU_NAMES else f"AU{au}"
+    return (f"{label}: the faces with the lowest and highest μ (top) and their LRP heatmaps over the face (bottom; "
+            "red: evidence for the AU, blue: against, each scaled by its own max |R|) with the AU's region.")
+
+
+def _stem(name: str) -> str:
+    return re.escape(os.path.splitext(name)[0])
+
+
+FIGURE_KINDS = (
+        FigureKind("Figure 1: AU regions", _stem(figures.FIGURE1_FILE),
+                   lambda m: "The face's 68 landmarks (iBUG order, 0-based ids) and each AU's region, drawn from "
+                             "aujax.regions: the same boxes μ measures relevance in."),
+        FigureKind("Figure 2: examples with low and high μ", re.escape(figures.FIGURE2_PREFIX) + r"(?:AU)?(\d+)",
+                   _figure2_caption),
+        FigureKind("LRP heatmap grids", re.escape(figures.HEATMAP_GRID_PREFIX),
+                   lambda m: "LRP heatmaps, one row per AU and one column per image (red: evidence for the AU, "
+                             "blue: against, white: none; each heatmap scaled by its own max |R|)."),
+        FigureKind("Training curves", _stem(figures.TRAINING_CURVES_FILE),
+                   lambda m: "Training loss and held-out mean F1 per epoch, one line per leave-one-subject-out "
+                             "fold (gaps: epochs where no AU had enough held-out positives for an F1)."),
+        FigureKind("μ distributions", _stem(figures.MU_DISTRIBUTIONS_FILE),
+                   lambda m: "Per-AU distribution of μ, the share of positive relevance inside the AU's region, over "
+                             "correctly detected AUs: box (quartiles, whiskers to 1.5 IQR) and every value, one "
+                             "colour per dataset, n under each box."),
+)
+OTHER_FIGURES = "Other figures"
+
+
+def _natural_key(name: str) -> list:
+    """Sort key that orders embedded numbers by value: AU4 < AU6 < AU10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _format_number(text: str) -> str:
+    """'0.83333' -> '0.833'; integers stay as written."""
+    return text if re.fullmatch(r"-?\d+", text) else f"{float(text):.3f}"
+
+
+def _value_html(value) -> str:
+    """A JSON value as escaped HTML: floats to 3 decimals, None as n/a, dicts as nested tables."""
+    if value is None:
+        return '<span class="na">n/a</span>'
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, dict):
+        return _mapping_table(value)
+    if isinstance(value, list):
+        return ", ".join(_value_html(v) for v in value)
+    return html.escape(str(value))
+
+
+def _mapping_table(mapping: dict, labels: dict | None = None) -> str:
+    rows = "".join(f"<tr><th>{html.escape((labels or {}).get(k, str(k)))}</th><td>{_value_html(v)}</td></tr>"
+                   for k, v in mapping.items())
+    return f'<table class="mapping"><tbody>{rows}</tbody></table>'
+
+
+def _read_json(path: str):
+    """The JSON value in `path`, None if there is no such file; ValueError naming the file if it is not JSON."""
+    try:
+        return files.read_json(path)
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
+def summary_section(workdir: str) -> str:
+    """The run summary (results/summary.json) and settings (config.json), or a note that there is none."""
+    summary = _read_json(os.path.join(workdir, "results", "summary.json"))
+    if summary is None:
+        body = ('<p class="missing">No <code>results/summary.json</code>: run <code>--mode=evaluate</code> (or '
+                '<code>all</code>) for the summary and Tables 1 and 2.</p>')
+    else:
+        ordered = {key: summary[key] for key in SUMMARY_LABELS if key in summary}
+        body = _mapping_table(ordered | summary, SUMMARY_LABELS)
+    config = _read_json(os.path.join(workdir, "config.json"))
+    if config is not None:
+        body += f"<details><summary>Run settings (config.json)</summary>{_mapping_table(config)}</details>"
+    return f'<section id="summary"><h2>Run summary</h2>{body}</section>'
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return [], []
+    return rows[0], rows[1:]
+
+
+def _table_title(csv_path: Path) -> str:
+    """The "title" of the .json written beside the CSV (`report.write_table`), else the file's stem."""
+    meta = _read_json(str(csv_path.with_suffix(".json")))
+    return meta.get("title", csv_path.stem) if isinstance(meta, dict) else csv_path.stem
+
+
+def _cell_html(text: str, is_au_table: bool) -> str:
+    if text == "" and is_au_table:
+        return '<td class="na">n/a</td>'
+    if _is_number(text):
+        return f'<td class="number">{html.escape(_format_number(text))}</td>'
+    return f"<td>{html.escape(text)}</td>"
+
+
+def table_section(csv_path: Path) -> str:
+    """One CSV as an HTML table. Tables in `report.write_table` form (AU columns and notes) show empty cells as
+    n/a and their notes, the reasons for n/a, under the table; other CSVs are shown as they are."""
+    header, rows = _read_csv(csv_path)
+    is_au_table = set(report.AU_COLUMNS) <= set(header)
+    notes_column = header.index("notes") if is_au_table and "notes" in header else None
+    shown = [i for i in range(len(header)) if i != notes_column]
+    head = "".join(f"<th>{html.escape(header[i])}</th>" for i in shown)
+    body = "".join("<tr>" + "".join(_cell_html(row[i] if i < len(row) else "", is_au_table) for i in shown)
+                   + "</tr>" for row in rows[:MAX_TABLE_ROWS])
+    parts = [f'<h3>{html.escape(_table_title(csv_path))}</h3>',
+             f'<p class="meta">results/{html.escape(csv_path.name)}, {len(rows)} rows</p>',
+             f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>']
+    if len(rows) > MAX_TABLE_ROWS:
+        parts.append(f'<p class="notes">First {MAX_TABLE_ROWS} of {len(rows)} rows; all of them are in '
+                     f'results/{html.escape(csv_path.name)}.</p>')
+    if notes_column is not None:
+        notes = sorted({row[notes_column] for row in rows if len(row) > notes_column and row[notes_column]})
+        if notes:
+            items = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
+            parts.append(f'<div class="notes">n/a means:<ul>{items}</ul></div>')
+    return "".join(parts)
+
+
+def tables_section(results_dir: str) -> str:
+    paths = sorted(Path(results_dir).glob("*.csv"), key=lambda p: _natural_key(p.name)) \
+        if os.path.isdir(results_dir) else []
+    body = "".join(table_section(p) for p in paths) or \
+        '<p class="missing">No tables in <code>results/</code> yet.</p>'
+    return f'<section id="tables"><h2>Tables</h2>{body}</section>'
+
+
+def png_data_uri(path: Path) -> tuple[str, int, int]:
+    """(data URI, width, height) of a PNG file; ValueError naming the file if it is not a PNG."""
+    data = path.read_bytes()
+    if not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        raise ValueError(f"{path}: not a PNG file")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii"), width, height
+
+
+def _figure_html(path: Path, figures_dir: Path, caption: str) -> str:
+    name = html.escape(str(path.relative_to(figures_dir)))
+    try:
+        uri, width, height = png_data_uri(path)
+    except ValueError as error:
+        return f'<p class="missing">Not shown: {html.escape(str(error))}</p>'
+    return (f'<figure><img src="{uri}" width="{width}" height="{height}" alt="{name}">'
+            f"<figcaption>{html.escape(caption + ' ' if caption else '')}<code>{name}</code></figcaption></figure>")
+
+
+def group_figures(names: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """{section title: [(file name, caption)]} in `FIGURE_KINDS` order then `OTHER_FIGURES`; empty sections
+    left out. A name goes to the first kind whose pattern matches its start."""
+    groups = {kind.title: [] for kind in FIGURE_KINDS}
+    groups[OTHER_FIGURES] = []
+    for name in names:
+        for kind in FIGURE_KINDS:
+            match = re.match(kind.pattern, os.path.basename(name))
+            if match:
+                groups[kind.title].append((name, kind.caption(match)))
+                break
+        else:
+            groups[OTHER_FIGURES].append((name, ""))
+    return {title: members for title, members in groups.items() if members}
+
+
+def figures_section(figures_dir: str) -> str:
+    root = Path(figures_dir)
+    paths = sorted(root.rglob("*.png"), key=lambda p: _natural_key(str(p.relative_to(root)))) \
+        if root.is_dir() else []
+    groups = group_figures([str(p.relative_to(root)) for p in paths])
+    body = "".join(f"<h3>{html.escape(title)}</h3>" + "".join(_figure_html(root / name, root, caption)
+                                                                for name, caption in members)
+                   for title, members in groups.items())
+    if not body:
+        body = '<p class="missing">No figures in <code>results/figures/</code> yet.</p>'
+    return f'<section id="figures"><h2>Figures</h2>{body}</section>'
+
+
+def render_report(workdir: str, title: str = "aujax verification report") -> str:
+    """The report of `workdir` as one HTML document (a string)."""
+    results_dir = os.path.join(workdir, "results")
+    created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join([
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+            f"<h1>{html.escape(title)}</h1>",
+            f'<p class="meta">{html.escape(os.path.abspath(workdir))}, written {created}</p>',
+            '<nav><a href="#summary">Summary</a><a href="#tables">Tables</a><a href="#figures">Figures</a></nav>',
+            summary_section(workdir),
+            tables_section(results_dir),
+            figures_section(os.path.join(results_dir, "figures")),
+            "</body></html>",
+    ])
+
+
+def write_report(workdir: str, title: str = "aujax verification report") -> str:
+    """Write `workdir/report.html` (atomically) and return its path; FileNotFoundError if `workdir` is missing."""
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"--workdir={workdir} is not a directory: nothing to report")
+    path = os.path.join(workdir, "report.html")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(render_report(workdir, title))
+    os.replace(tmp, path)
+    return path
