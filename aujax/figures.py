@@ -165,6 +165,32 @@ def figure2_panel_figure(au: int, images: np.ndarray, heatmaps: np.ndarray, land
     return figure
 
 
+def explained_image_figure(image: np.ndarray, heatmaps: np.ndarray, landmarks: np.ndarray, probabilities: np.ndarray,
+                           mu: np.ndarray, threshold: float) -> Figure:
+    """One face explained: the crop with its landmarks, then per AU its heatmap over the face with the AU's region,
+    the probability, the decision and μ.
+
+    image: (112, 112, 3) uint8; heatmaps: (8, 112, 112) pixel relevance; landmarks: (68, 2); probabilities, mu: (8,).
+    """
+    image, heatmaps = np.asarray(image), np.asarray(heatmaps, np.float64)
+    landmarks = np.asarray(landmarks, np.float32)
+    _check_shape("heatmaps", heatmaps, (facs.NUM_AUS, facs.IMAGE_SIZE, facs.IMAGE_SIZE))
+    boxes = region_boxes(landmarks[None])[0]
+    figure = Figure(figsize=(12.0, 3.6), layout="constrained")
+    grid = figure.add_gridspec(2, 6)
+    face_ax = figure.add_subplot(grid[:, :2])
+    _show_face(face_ax, image)
+    face_ax.scatter(landmarks[:, 0], landmarks[:, 1], s=4, c=LANDMARK_COLOUR, linewidths=0)
+    face_ax.set_title("face crop and landmarks", fontsize=9)
+    for a, au in enumerate(facs.AU_IDS):
+        ax = figure.add_subplot(grid[a // 4, 2 + a % 4])
+        _show_face(ax, lrp_heatmaps.blend_heatmap(image / 255.0, heatmaps[a]))
+        _draw_region(ax, boxes[a], fill=False)
+        decision = "yes" if probabilities[a] >= threshold else "no"
+        ax.set_title(f"AU{au} p={probabilities[a]:.2f} ({decision}), {_mu_title(mu[a])}", fontsize=7)
+    return figure
+
+
 def figure2_panel(au: int, images: np.ndarray, heatmaps: np.ndarray, landmarks: np.ndarray, mu: np.ndarray,
                   path) -> Path:
     """`figure2_panel_figure` written as a PNG; returns the path."""

@@ -1,9 +1,11 @@
 """Runs a mode of the command line: checks the settings, then calls the stages in order."""
 
+import ast
 import os
 import time
 
 import jax
+import ml_collections
 from absl import logging
 
 from aujax import files
@@ -12,9 +14,11 @@ from aujax import protocol
 from aujax import train
 
 MODES = {
-    "all": "train every fold, then evaluate",
+    "all": "train every fold, evaluate, explain and verify, write the HTML report",
     "train": "train every fold not finished yet (leave-one-subject-out), then evaluate",
     "evaluate": "Tables 1 and 2 from a trained workdir",
+    "explain": "LRP heatmaps, Table 3 (μ), Figures 1-2 and the report from a trained workdir",
+    "explain_image": "explain one photo (--image) with the trained run's best model or --checkpoint",
     "preprocess": "build a real dataset: --dataset, --manual_dir, --data_dir",
 }
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, train.NonFiniteLossError,
@@ -25,7 +29,12 @@ _RUN_IDENTITY = ("seed", "data", "synthetic", "model", "train", "protocol")
 
 def check_settings(config) -> None:
     """Clear errors for settings that cannot work, before any data is generated or read."""
+    from aujax.lrp import COMPOSITES
+
     model_lib.resolve_widths(config.model.widths)
+    for composite in (config.explain.composite, *config.explain.compare):
+        if composite not in COMPOSITES:
+            raise ValueError(f"LRP composite {composite!r}: expected one of {', '.join(COMPOSITES)}")
     devices = jax.device_count()
     if config.train.batch_size < 1 or config.train.batch_size % devices:
         raise ValueError(f"--batch_size={config.train.batch_size} must be a positive multiple of the number of "
@@ -40,7 +49,7 @@ def prepare_workdir(workdir: str, config) -> None:
     """Create `workdir`, check it is writable, and refuse one that holds a run with other settings."""
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
+        probe = os.path.join(workdir, f".write_test.{jax.process_index()}")  # processes may share the workdir
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
@@ -57,27 +66,67 @@ def prepare_workdir(workdir: str, config) -> None:
         files.write_json(path, identity)
 
 
-def run(mode: str, config, workdir: str, dataset: str | None = None, manual_dir: str | None = None) -> None:
+def adopt_run_settings(workdir: str, config) -> None:
+    """Modes that read a trained run take its settings from `workdir/config.json`, whatever the flags say."""
+    saved = files.read_json(os.path.join(workdir, "config.json"))
+    if saved is None:
+        return
+    with config.unlocked():
+        for key in _RUN_IDENTITY:
+            config[key] = ml_collections.ConfigDict(saved[key]) if isinstance(saved[key], dict) else saved[key]
+    logging.info("using the settings of the trained run in %s", os.path.join(workdir, "config.json"))
+
+
+def run(mode: str, config, workdir: str, dataset: str | None = None, manual_dir: str | None = None,
+        image: str | None = None, checkpoint: str | None = None, preprocess_options: dict | None = None) -> None:
     started = time.perf_counter()
     if mode == "preprocess":
-        _preprocess(config, workdir, dataset, manual_dir)
+        _preprocess(config, workdir, dataset, manual_dir, preprocess_options or {})
         return
+    if mode in ("evaluate", "explain", "explain_image"):
+        adopt_run_settings(workdir, config)
     check_settings(config)
+    if mode == "explain_image":
+        if not image:
+            raise ValueError("--mode=explain_image needs --image=<photo>")
+        from aujax import verify
+
+        verify.explain_image(config, workdir, image, checkpoint)
+        return
     prepare_workdir(workdir, config)
     logging.info("%d %s device(s) on %d host(s)", jax.device_count(), jax.devices()[0].platform,
                  jax.process_count())
     roles = protocol.load_roles(config)
     if mode in ("train", "all"):
         protocol.run_training(config, workdir, roles)
-    protocol.evaluate(config, workdir, roles)
+    if mode in ("train", "evaluate", "all"):
+        protocol.evaluate(config, workdir, roles)
+    if mode in ("explain", "all"):
+        from aujax import verify  # LRP and figures only where asked for
+
+        verify.run_explain(config, workdir, roles, *protocol.best_fold_model(config, workdir, roles))
     print(f"\nResults in {os.path.join(os.path.abspath(workdir), 'results')} "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
 
 
-def _preprocess(config, workdir: str, dataset: str | None, manual_dir: str | None) -> None:
+def parse_options(pairs: list[str] | None) -> dict:
+    """["landmarks=dataset", "margin=0.3"] -> {"landmarks": "dataset", "margin": 0.3} (Python literals or strings)."""
+    options = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--preprocess_option={pair!r}: expected name=value, e.g. landmarks=dataset")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
+
+
+def _preprocess(config, workdir: str, dataset: str | None, manual_dir: str | None, options: dict) -> None:
     from aujax.data import preprocess  # tensorflow-datasets and mediapipe only for this mode
 
-    if not dataset or not manual_dir:
+    if not dataset or (not manual_dir and dataset != "synthetic_faces"):
         raise ValueError("--mode=preprocess needs --dataset and --manual_dir (and --data_dir for the output)")
     preprocess.preprocess(dataset, manual_dir, os.path.expanduser(config.data.data_dir),
-                          os.path.join(workdir, "results", "preprocess_report.csv"))
+                          os.path.join(workdir, "results", "preprocess_report.csv"), **options)

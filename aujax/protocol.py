@@ -19,6 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from aujax import distributed
 from aujax import files
 from aujax import metrics
 from aujax import model as model_lib
@@ -105,6 +106,7 @@ def run_training(config, workdir: str, roles: dict) -> list[FoldResult]:
             done = FoldResult(fold.name, fold.test_index, probabilities, history)
             if jax.process_index() == 0:
                 done.save(directory)
+            distributed.barrier(f"fold {fold.fold} saved")  # the other processes read it in `evaluate`
         results.append(done)
     return results
 
@@ -126,23 +128,45 @@ def best_fold(per_fold: list[dict]) -> int:
 
 def restore_fold_variables(trainer: train.Trainer, workdir: str, fold: int) -> dict:
     """The final (latest) parameters and batch statistics of a finished fold."""
+    return restore_variables(trainer, os.path.join(fold_dir(workdir, fold), "latest"))
+
+
+def restore_variables(trainer: train.Trainer, directory: str) -> dict:
+    """{'params', 'batch_stats'} of the newest checkpoint in `directory` (an orbax CheckpointManager directory)."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory}: no checkpoint directory; train first (--mode=train or --mode=all)")
     template = train.abstract_like(train.init_state(trainer.model, trainer.optimizer, jax.random.key(0),
                                                     trainer.mesh))
-    directory = os.path.join(fold_dir(workdir, fold), "latest")
-    manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0))
-    state = train.restore_latest(manager, template)
+    options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0)
+    state = train.restore_latest(ocp.CheckpointManager(os.path.abspath(directory), options=options), template)
     if state is None:
-        raise FileNotFoundError(f"{directory}: no checkpoint to restore; run --mode=train first")
+        raise FileNotFoundError(f"{directory}: no checkpoint to restore; train first (--mode=train or --mode=all)")
     return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
-def evaluate(config, workdir: str, roles: dict) -> dict:
-    """Tables 1 and 2 from the saved fold results; returns a summary (also written to results/summary.json)."""
+def finished_folds(config, workdir: str, roles: dict) -> tuple[records.FaceRecords, list[FoldResult]]:
+    """The resident dataset and the saved results of every fold; FileNotFoundError naming unfinished folds."""
     resident, folds = build_folds(roles["train"], roles["cv"], config.protocol.max_folds)
     results = [FoldResult.load(fold_dir(workdir, f.fold)) for f in folds]
     missing = [f.name for f, r in zip(folds, results) if r is None]
     if missing:
         raise FileNotFoundError(f"{workdir}: folds for subjects {missing} have not finished; run --mode=train")
+    return resident, results
+
+
+def best_fold_model(config, workdir: str, roles: dict) -> tuple[dict, str, dict]:
+    """(variables of the best fold's final model, its held-out subject, {subject: training history})."""
+    resident, results = finished_folds(config, workdir, roles)
+    _, _, per_fold = loso_scores(results, resident.labels, config.model.threshold, config.protocol.min_support)
+    best = best_fold(per_fold)
+    trainer = train.Trainer(model_lib.create_model(config.model.widths), train_config(config), train.make_mesh())
+    return (restore_fold_variables(trainer, workdir, best), results[best].name,
+            {r.name: r.history for r in results})
+
+
+def evaluate(config, workdir: str, roles: dict) -> dict:
+    """Tables 1 and 2 from the saved fold results; returns a summary (also written to results/summary.json)."""
+    resident, results = finished_folds(config, workdir, roles)
     threshold, min_support = config.model.threshold, config.protocol.min_support
     pooled, fold_mean, per_fold = loso_scores(results, resident.labels, threshold, min_support)
     best = best_fold(per_fold)

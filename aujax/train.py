@@ -23,6 +23,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from aujax import files
@@ -143,15 +144,26 @@ def epoch_order(train_index: np.ndarray, seed: int, fold: int, epoch: int, batch
 
 
 class StopRequested:
-    """Set by SIGTERM (preemptible machines): training saves a checkpoint at the next step and stops."""
+    """Set by SIGTERM (preemptible machines): training saves a checkpoint at the next step and stops.
+
+    With several processes SIGTERM may reach some hosts only, or at different steps, while a checkpoint needs every
+    process. There JAX's preemption service catches SIGTERM (so no Python handler is installed over it) and names a
+    step that all processes stop at; `after_step` asks it.
+    """
 
     def __init__(self):
         self.requested = False
 
     def install(self):
-        if hasattr(signal, "SIGTERM"):
+        if hasattr(signal, "SIGTERM") and jax.process_count() == 1:
             signal.signal(signal.SIGTERM, self._handle)
         return self
+
+    def after_step(self, step: int) -> None:
+        """Call after every train step, on every process; `step` counts the fold's steps, as its checkpoints do."""
+        if multihost_utils.reached_preemption_sync_point(step):
+            logging.warning("SIGTERM received by a process: all processes save a checkpoint at step %d and stop", step)
+            self.requested = True
 
     def _handle(self, signum, frame):
         logging.warning("SIGTERM received: saving a checkpoint and stopping")
@@ -171,13 +183,22 @@ def _checkpoint_manager(directory: str, max_to_keep: int, best: bool) -> ocp.Che
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> dict | None:
-    """The newest checkpoint that restores; a corrupt one is skipped with a warning (older ones are tried)."""
+    """The newest checkpoint that restores; a corrupt one is skipped with a warning (older ones are tried).
+
+    None where the directory holds no checkpoint; ValueError where it holds some but none fits `abstract_state`
+    (damaged, or written by a model of other settings).
+    """
+    error = None
     for step in sorted(manager.all_steps(), reverse=True):
         try:
             return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-        except Exception as e:  # orbax raises many kinds for a damaged checkpoint
-            logging.warning("checkpoint %s/%d cannot be restored (%s: %s); falling back to an older one",
-                            manager.directory, step, type(e).__name__, e)
+        except Exception as e:  # orbax raises many kinds for a damaged or mismatched checkpoint
+            error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            logging.warning("checkpoint %s/%d cannot be restored (%s); falling back to an older one",
+                            manager.directory, step, error)
+    if error is not None:
+        raise ValueError(f"no checkpoint in {manager.directory} could be restored; damaged, or written by a model "
+                         f"of other settings (such as --width)? Last error: {error}")
     return None
 
 
@@ -260,6 +281,7 @@ def fit_fold(trainer: Trainer, fold: FoldSpec, data: DeviceData, labels: np.ndar
                 state, loss = trainer.train_step(state, data.images, data.labels, pos_weight, shard_index(batch, mesh))
                 losses.append(loss)
                 step += 1
+                stop.after_step(step)
                 periodic = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
                 if step % steps_per_epoch and (stop.requested or periodic):  # epoch ends are saved below
                     _check_finite(losses, fold, epoch, step - len(losses))

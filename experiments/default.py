@@ -37,6 +37,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.pos_weight_max = 10.0
     config.train.checkpoint_every_steps = 0  # 0: at the end of every epoch
 
+    config.explain = ml_collections.ConfigDict()
+    config.explain.composite = "paper"  # the main LRP composite (aujax.lrp.COMPOSITES)
+    # compared side by side with the main one in Table 3, on the same model and images
+    config.explain.compare = ("epsilon_alpha2_beta1_flat", "epsilon_gamma_box", "all_z", "all_epsilon",
+                              "gradient_x_input")
+    config.explain.epsilon = 0.1  # ε of the ε-rule layers (iNNvestigate's default for the dense layers)
+    config.explain.max_images = 48  # per role and composite, to keep the CPU job short; 0: all
+    config.explain.batch_size = 32
+    config.explain.examples_per_panel = 3  # Figure 2: lowest and highest μ examples per AU
+    config.explain.grid_images = 6  # heatmap grids: images per role
+
     config.protocol = ml_collections.ConfigDict()
     config.protocol.max_folds = 0  # 0: every subject of the cv role is held out once
     config.protocol.min_support = 5  # an AU with fewer positives in an evaluation set is not scored

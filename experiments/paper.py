@@ -18,4 +18,6 @@ def get_config():
     config.train.epochs = 25
     config.train.batch_size = 256
     config.protocol.min_support = 20
+    config.explain.max_images = 0
+    config.explain.batch_size = 256
     return config

@@ -140,3 +140,24 @@ print("ok")
 """
     result = run_python(code, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert result.stdout.strip().endswith("ok")
+
+
+def test_training_learns_the_synthetic_aus_on_held_out_subjects(tmp_path):
+    """A narrow ResNet-18 on 800 synthetic faces: held-out mean F1 clearly above the all-positive baseline."""
+    from aujax import metrics
+    from aujax.data import records, synthetic
+
+    seen = synthetic.generate(16, 50, "posed", seed=11, subject_prefix="T")
+    held_out = synthetic.generate(3, 40, "posed", seed=12, subject_prefix="H")
+    both = records.concatenate([seen, held_out], "learn")
+    cfg = _cfg(epochs=12, batch_size=32, min_support=3)
+    mesh = train.make_mesh()
+    trainer = train.Trainer(model_lib.create_model("tiny"), cfg, mesh)
+    fold = train.FoldSpec(0, "H", np.arange(len(seen)), np.arange(len(seen), len(both)))
+    data = train.put_on_devices(both, mesh)
+    variables, _ = train.fit_fold(trainer, fold, data, both.labels, str(tmp_path), train.StopRequested())
+    labels = both.labels[fold.test_index]
+    learned = metrics.mean_f1(metrics.per_au_scores(labels, metrics.decisions(
+        trainer.predict(variables, data, fold.test_index), cfg.threshold), cfg.min_support))
+    all_positive = metrics.mean_f1(metrics.per_au_scores(labels, np.ones_like(labels), cfg.min_support))
+    assert learned >= 0.65 and learned >= all_positive + 0.15, (learned, all_positive)
