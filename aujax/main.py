@@ -12,7 +12,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aujax import pipeline
+from aujax import distributed, pipeline
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
                                "default.py")
@@ -33,13 +33,29 @@ flags.DEFINE_integer("seed", None, "Seed for initialisation and data order. Over
 flags.DEFINE_string("width", None, "Model stage widths: full, reduced, tiny or a,b,c,d. Overrides "
                     "config.model.widths.")
 flags.DEFINE_float("threshold", None, "Decision threshold on the sigmoid outputs. Overrides config.model.threshold.")
+flags.DEFINE_string("composite", None, "Main LRP composite (paper, epsilon_alpha2_beta1_flat, epsilon_gamma_box, "
+                    "all_z, all_epsilon, gradient, gradient_x_input). Overrides config.explain.composite.")
+flags.DEFINE_string("image", None, "--mode=explain_image: the photo to explain.")
+flags.DEFINE_string("checkpoint", None, "--mode=explain_image: an orbax checkpoint directory (such as "
+                    "<workdir>/checkpoints/fold_03/latest) instead of the best fold of --workdir.")
 flags.DEFINE_string("dataset", None, "--mode=preprocess: the dataset to build.")
+flags.DEFINE_multi_string("preprocess_option", None, "--mode=preprocess: a builder option as name=value, "
+                          "repeatable (landmarks=dataset, label_frames=all, exclude_subjects=16, margin=0.3, ...).")
 flags.DEFINE_string("manual_dir", None, "--mode=preprocess: the dataset's files in their distribution layout.")
+flags.DEFINE_enum("distributed", "auto", distributed.MODES, "Multi-host runs: 'auto' starts JAX's distributed "
+                  "runtime when --coordinator_address/--num_processes/--process_id are given or SLURM (srun, >1 task), "
+                  "Open MPI or GKE TPU variables say the job has several processes; 'on' always (a Cloud TPU VM "
+                  "slice); 'off' never.")
+flags.DEFINE_string("coordinator_address", None, "Multi-host runs: host:port of process 0, the same on every process.")
+flags.DEFINE_integer("num_processes", None, "Multi-host runs: the number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host runs: this process's index, 0 .. num_processes-1.")
+flags.DEFINE_list("local_device_ids", None, "Multi-host runs: the local devices this process drives (e.g. 0,1); "
+                  "default all.")
 
 _OVERRIDES = {  # flag -> config field
     "train_data": "data.train", "cv_data": "data.cv", "cross_data": "data.cross", "data_dir": "data.data_dir",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "seed": "seed", "width": "model.widths",
-    "threshold": "model.threshold",
+    "threshold": "model.threshold", "composite": "explain.composite",
 }
 
 
@@ -70,8 +86,11 @@ def main(argv):
     _show_only_aujax_info()
     FLAGS = flags.FLAGS
     try:
+        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                               FLAGS.local_device_ids, mode=FLAGS.distributed)
         pipeline.run(FLAGS.mode, _config_with_flags(), FLAGS.workdir, dataset=FLAGS.dataset,
-                     manual_dir=FLAGS.manual_dir)
+                     manual_dir=FLAGS.manual_dir, image=FLAGS.image, checkpoint=FLAGS.checkpoint,
+                     preprocess_options=pipeline.parse_options(FLAGS.preprocess_option))
     except pipeline.USER_ERRORS as e:
         logging.error("%s", e)
         print(f"aujax: error: {e}", file=sys.stderr)

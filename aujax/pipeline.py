@@ -99,12 +99,14 @@ def run(mode: str, config, workdir: str, dataset: str | None = None, manual_dir:
     roles = protocol.load_roles(config)
     if mode in ("train", "all"):
         protocol.run_training(config, workdir, roles)
+    outcome = protocol.loso_outcome(config, workdir, roles)
     if mode in ("train", "evaluate", "all"):
-        protocol.evaluate(config, workdir, roles)
+        protocol.evaluate(config, workdir, roles, outcome)
     if mode in ("explain", "all"):
         from aujax import verify  # LRP and figures only where asked for
 
-        verify.run_explain(config, workdir, roles, *protocol.best_fold_model(config, workdir, roles))
+        verify.run_explain(config, workdir, roles, outcome.variables, outcome.results[outcome.best].name,
+                           outcome.histories)
     print(f"\nResults in {os.path.join(os.path.abspath(workdir), 'results')} "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
 

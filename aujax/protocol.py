@@ -9,6 +9,10 @@ images of subject s (a subject id that occurs in both roles is held out of both)
 Table 1 pools the held-out predictions of all folds (every cv image predicted by the model that never saw its subject)
 and also averages each AU's scores over the folds where that AU has enough positives. The best fold is the one with
 the highest held-out mean F1; its final model is tested on the `cross` role (Table 2).
+
+Where a role's records carry MediaPipe blendshapes, each table also gets the zero-training baseline row
+"MediaPipe blendshapes" (`blendshapes.blendshape_au_labels`), scored on the same images as the ResNet's row: in
+Table 1 the cv images of the folds' subjects (those the pooled row scores), in Table 2 the cross role.
 """
 
 import dataclasses
@@ -25,7 +29,9 @@ from aujax import metrics
 from aujax import model as model_lib
 from aujax import report
 from aujax import train
-from aujax.data import records, sources
+from aujax.data import blendshapes, records, sources
+
+BASELINE_METHOD = "MediaPipe blendshapes"
 
 
 def build_folds(train_role: records.FaceRecords, cv_role: records.FaceRecords,
@@ -144,39 +150,61 @@ def restore_variables(trainer: train.Trainer, directory: str) -> dict:
     return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
-def finished_folds(config, workdir: str, roles: dict) -> tuple[records.FaceRecords, list[FoldResult]]:
-    """The resident dataset and the saved results of every fold; FileNotFoundError naming unfinished folds."""
+@dataclasses.dataclass
+class LosoOutcome:
+    """The finished folds of a run, their held-out scores and the best fold's final model."""
+
+    resident: records.FaceRecords
+    results: list[FoldResult]
+    pooled: dict                 # per-AU scores of the pooled held-out predictions
+    fold_mean: dict              # per-AU scores averaged over folds
+    per_fold: list[dict]
+    best: int                    # index of the fold with the highest held-out mean F1
+    trainer: train.Trainer
+    variables: dict              # {'params', 'batch_stats'} of the best fold's last epoch
+
+    @property
+    def histories(self) -> dict:
+        return {r.name: r.history for r in self.results}
+
+
+def loso_outcome(config, workdir: str, roles: dict) -> LosoOutcome:
+    """Scores of the saved fold results and the best fold's model; FileNotFoundError naming unfinished folds."""
     resident, folds = build_folds(roles["train"], roles["cv"], config.protocol.max_folds)
     results = [FoldResult.load(fold_dir(workdir, f.fold)) for f in folds]
     missing = [f.name for f, r in zip(folds, results) if r is None]
     if missing:
         raise FileNotFoundError(f"{workdir}: folds for subjects {missing} have not finished; run --mode=train")
-    return resident, results
-
-
-def best_fold_model(config, workdir: str, roles: dict) -> tuple[dict, str, dict]:
-    """(variables of the best fold's final model, its held-out subject, {subject: training history})."""
-    resident, results = finished_folds(config, workdir, roles)
-    _, _, per_fold = loso_scores(results, resident.labels, config.model.threshold, config.protocol.min_support)
+    pooled, fold_mean, per_fold = loso_scores(results, resident.labels, config.model.threshold,
+                                              config.protocol.min_support)
     best = best_fold(per_fold)
     trainer = train.Trainer(model_lib.create_model(config.model.widths), train_config(config), train.make_mesh())
-    return (restore_fold_variables(trainer, workdir, best), results[best].name,
-            {r.name: r.history for r in results})
+    return LosoOutcome(resident, results, pooled, fold_mean, per_fold, best, trainer,
+                       restore_fold_variables(trainer, workdir, best))
 
 
-def evaluate(config, workdir: str, roles: dict) -> dict:
-    """Tables 1 and 2 from the saved fold results; returns a summary (also written to results/summary.json)."""
-    resident, results = finished_folds(config, workdir, roles)
+def baseline_rows(role_records: records.FaceRecords, min_support: int, table: str) -> list[dict]:
+    """The table rows of the MediaPipe-blendshape baseline on `role_records`: `[{"method", "scores"}]` with
+    `metrics.per_au_scores` of `blendshape_au_labels` against the labels, or `[]` (logged, naming `table`) when the
+    records carry no blendshapes (synthetic faces, builds with landmarks="dataset")."""
+    if role_records.blendshapes is None:
+        logging.info("%s has no MediaPipe blendshapes (synthetic faces or a landmarks=dataset build): %s gets no "
+                     "%r row", role_records.name, table, BASELINE_METHOD)
+        return []
+    predictions = blendshapes.blendshape_au_labels(role_records.blendshapes)
+    return [{"method": BASELINE_METHOD,
+             "scores": metrics.per_au_scores(role_records.labels, predictions, min_support)}]
+
+
+def evaluate(config, workdir: str, roles: dict, outcome: LosoOutcome) -> dict:
+    """Tables 1 and 2 of a run's `outcome`; returns a summary (also written to results/summary.json)."""
+    results, per_fold, best = outcome.results, outcome.per_fold, outcome.best
     threshold, min_support = config.model.threshold, config.protocol.min_support
-    pooled, fold_mean, per_fold = loso_scores(results, resident.labels, threshold, min_support)
-    best = best_fold(per_fold)
-
-    trainer = train.Trainer(model_lib.create_model(config.model.widths), train_config(config), train.make_mesh())
-    variables = restore_fold_variables(trainer, workdir, best)
-    cross_prob = trainer.predict(variables, train.put_on_devices(roles["cross"], trainer.mesh),
-                                 np.arange(len(roles["cross"])))
+    cross_prob = outcome.trainer.predict(outcome.variables, train.put_on_devices(roles["cross"], outcome.trainer.mesh),
+                                         np.arange(len(roles["cross"])))
     cross_scores = metrics.per_au_scores(roles["cross"].labels, metrics.decisions(cross_prob, threshold),
                                          min_support)
+    pooled, fold_mean = outcome.pooled, outcome.fold_mean
 
     results_dir = os.path.join(workdir, "results")
     summary = {"best_fold": best, "best_fold_subject": results[best].name,
@@ -184,15 +212,18 @@ def evaluate(config, workdir: str, roles: dict) -> dict:
                "loso_pooled_mean_f1": metrics.mean_f1(pooled), "cross_mean_f1": metrics.mean_f1(cross_scores)}
     if jax.process_index() == 0:
         keys = ("f1", "precision", "recall", "support")
+        held_out_cv = roles["cv"].select(np.isin(roles["cv"].subject, [r.name for r in results]))
         table1 = report.write_table(
             results_dir, "table1_f1", f"Table 1: leave-one-subject-out F1 on {roles['cv'].name} "
             f"({len(results)} folds, trained with {roles['train'].name})",
             [{"method": "ResNet-18 pooled", "scores": pooled},
-             {"method": "ResNet-18 fold mean", "scores": fold_mean}], keys)
+             {"method": "ResNet-18 fold mean", "scores": fold_mean},
+             *baseline_rows(held_out_cv, min_support, "Table 1")], keys)
         table2 = report.write_table(
             results_dir, "table2_cross_f1", f"Table 2: cross-domain F1 on {roles['cross'].name} "
             f"(model of the best fold, subject {results[best].name})",
-            [{"method": "ResNet-18", "scores": cross_scores}], keys)
+            [{"method": "ResNet-18", "scores": cross_scores},
+             *baseline_rows(roles["cross"], min_support, "Table 2")], keys)
         files.write_json(os.path.join(results_dir, "summary.json"), summary)
         print(table1, table2, sep="\n\n", flush=True)
     return summary

@@ -264,6 +264,8 @@ def fit_fold(trainer: Trainer, fold: FoldSpec, data: DeviceData, labels: np.ndar
     if restored is not None:
         state = restored
         logging.info("fold %s: resumed from step %d", fold.name, int(state["step"]))
+    for unrestorable in [s for s in latest.all_steps() if s > int(state["step"])]:
+        latest.delete(unrestorable)  # else orbax would not save that step again when it is trained again
     history_path = os.path.join(checkpoint_dir, "history.json")
     history = [h for h in files.read_json(history_path, []) if h["step"] <= int(state["step"])]
 
@@ -302,11 +304,11 @@ def fit_fold(trainer: Trainer, fold: FoldSpec, data: DeviceData, labels: np.ndar
             logging.info("fold %s  epoch %d/%d  loss %.4f  held-out mean F1 %s  %.0f images/s", fold.name,
                          epoch + 1, cfg.epochs, epoch_loss, "n/a" if held_out_f1 is None else f"{held_out_f1:.3f}",
                          record["images_per_second"])
+            if jax.process_index() == 0:  # before the checkpoint: a resume drops records newer than its step
+                files.write_json(history_path, history)
             latest.save(step, args=ocp.args.StandardSave(state))
             best.save(step, args=ocp.args.StandardSave(state),
                       metrics={"mean_f1": -1.0 if held_out_f1 is None else held_out_f1})
-            if jax.process_index() == 0:
-                files.write_json(history_path, history)
             _stop_if_requested(stop, latest, fold, step)
     finally:
         latest.wait_until_finished()

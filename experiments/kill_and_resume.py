@@ -34,6 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STOPPED = re.compile(r"stopped by request in fold (\S+) at step (\d+)")
 _FALLBACK = "cannot be restored"
 _VOLATILE_KEYS = ("images_per_second",)  # measured, not computed: differs between any two runs
+_LAUNCHER_PREFIXES = ("SLURM_", "OMPI_", "TPU_WORKER", "JAX_COORDINATOR")
 
 
 @dataclasses.dataclass
@@ -112,9 +113,11 @@ def command(workdir: str, cli_args: list[str]) -> list[str]:
 
 
 def child_env(compilation_cache: str) -> dict:
-    """The children's environment: the repository importable, and compiled programs cached on disk so that restarts
-    do not compile again (the cache changes how fast, not what is computed)."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
+    """The children's environment: plain single processes (a launcher's variables, such as SLURM's, left out), the
+    repository importable, compiled programs cached on disk so that restarts do not compile again (the cache
+    changes how fast, not what is computed)."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(_LAUNCHER_PREFIXES)}
+    return {**inherited, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
             "JAX_COMPILATION_CACHE_DIR": compilation_cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
 
@@ -171,7 +174,7 @@ def restore_arrays(checkpoint_dir: str, step: int) -> dict:
     import jax
     import orbax.checkpoint as ocp
 
-    manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir),
+    manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir), item_handlers=ocp.StandardCheckpointHandler(),
                                     options=ocp.CheckpointManagerOptions(read_only=True))
     one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
@@ -221,9 +224,12 @@ def compare_workdirs(reference: str, candidate: str, rtol: float = 1e-6, atol: f
         if steps[0] != steps[1] or not steps[0]:
             differences.append(f"{fold}: final checkpoint step {steps[0]} against {steps[1]}")
             continue
-        differences += _compare_states(restore_arrays(os.path.join(a, "latest"), steps[0][0]),
-                                       restore_arrays(os.path.join(b, "latest"), steps[0][0]), f"{fold} state",
-                                       rtol, atol)
+        try:
+            states = [restore_arrays(os.path.join(d, "latest"), steps[0][0]) for d in (a, b)]
+        except Exception as e:  # orbax raises many kinds for a damaged checkpoint
+            differences.append(f"{fold}: final checkpoint {steps[0][0]} cannot be restored ({type(e).__name__})")
+            continue
+        differences += _compare_states(*states, f"{fold} state", rtol, atol)
         with np.load(os.path.join(a, "predictions.npz")) as pa, np.load(os.path.join(b, "predictions.npz")) as pb:
             if not (np.array_equal(pa["test_index"], pb["test_index"])
                     and np.allclose(pa["probabilities"], pb["probabilities"], rtol=rtol, atol=atol)):
@@ -243,7 +249,7 @@ def compare_workdirs(reference: str, candidate: str, rtol: float = 1e-6, atol: f
 
 
 def run_experiment(workdir: str, cli_args: list[str], interruptions: int, seed: int, max_delay_s: float,
-                   corrupt_after: int, timeout_s: float = 900.0) -> dict:
+                   corrupt_after: int, timeout_s: float = 900.0, compilation_cache: str | None = None) -> dict:
     """The reference run, the interrupted runs and the comparison; returns the report (also written as JSON)."""
     rng = np.random.default_rng(seed)
     reference, interrupted = os.path.join(workdir, "reference"), os.path.join(workdir, "interrupted")
@@ -251,7 +257,7 @@ def run_experiment(workdir: str, cli_args: list[str], interruptions: int, seed: 
     for path in (reference, interrupted, logs):
         shutil.rmtree(path, ignore_errors=True)
     os.makedirs(logs)
-    env = child_env(os.path.join(workdir, "jax_cache"))
+    env = child_env(compilation_cache or os.path.join(workdir, "jax_cache"))
 
     started = time.perf_counter()
     straight = run_once(reference, cli_args, env, os.path.join(logs, "reference.log"), None, None, timeout_s, 0)
@@ -259,7 +265,7 @@ def run_experiment(workdir: str, cli_args: list[str], interruptions: int, seed: 
         raise RuntimeError(f"the reference run failed (exit {straight.returncode}); its log: {straight.log}")
     reference_s = time.perf_counter() - started
 
-    runs, damaged, damaged_before_run, problems = [], None, None, []
+    runs, damaged, first_run_after_damage, problems = [], None, None, []
     for k in range(interruptions):
         signum = signal.SIGTERM if k % 2 == 0 else signal.SIGKILL
         delay = float(rng.uniform(0.0, max_delay_s))
@@ -269,8 +275,7 @@ def run_experiment(workdir: str, cli_args: list[str], interruptions: int, seed: 
         if runs[-1].outcome == "finished":
             break
         if corrupt_after and k + 1 >= corrupt_after and damaged is None:
-            damaged = damage_newest_checkpoint(interrupted)
-            damaged_before_run = len(runs) + 1 if damaged else None
+            damaged, first_run_after_damage = damage_newest_checkpoint(interrupted), len(runs)  # index into runs
             if damaged:
                 print(f"damaged {damaged} and left a half-written tmp directory beside it", flush=True)
     if not runs or runs[-1].outcome != "finished":
@@ -282,8 +287,7 @@ def run_experiment(workdir: str, cli_args: list[str], interruptions: int, seed: 
     problems += [f"run {r.run}: stopped at step {r.stopped_at} but the newest checkpoint is elsewhere"
                  for r in runs if r.outcome == "stopped" and not r.checkpoint_at_stop]
     if damaged is not None:
-        after = runs[damaged_before_run - 1] if len(runs) >= damaged_before_run else None
-        if after is None or not after.fell_back:
+        if len(runs) <= first_run_after_damage or not runs[first_run_after_damage].fell_back:
             problems.append(f"the run after damaging {damaged} did not warn that it fell back to an older checkpoint")
     if runs[-1].outcome == "finished":
         problems += compare_workdirs(reference, interrupted)
@@ -318,6 +322,9 @@ def main() -> None:
                         "which leaves an older checkpoint to fall back to (0: never)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one run may take")
     args = parser.parse_args(own)
+    from absl import logging as absl_logging  # orbax's notes while the comparison restores checkpoints
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
     report = run_experiment(args.workdir, cli_args, args.interruptions, args.seed, args.max_delay,
                             args.corrupt_after, args.timeout)
     print("\n".join(["equal to the uninterrupted run"] if report["equal"] else
