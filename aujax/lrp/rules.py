@@ -1,0 +1,346 @@
+"""LRP rules as layer functions whose custom backward pass redistributes relevance ("gradient trick").
+
+Every function here computes the ordinary layer in its forward pass. Its `jax.custom_vjp` backward pass reads the
+incoming cotangent as the relevance `R_k` of the layer's outputs and returns the relevance `R_j` of its inputs, so
+`jax.vjp` of a network built from these layers, seeded with the output relevance, yields the LRP explanation.
+
+A linear layer (convolution or dense) `z_k = sum_j x_j w_jk + b_k` is explained by a `Rule`. Each rule is a sum of
+groups; a group has a coefficient c, an output mask m_k and terms (input modifier, parameter modifier, sign s):
+
+    d_k  = sum_terms s * (sum_j in(x)_j mod(w)_jk [+ mod(b)_k])           computed once, in the forward pass
+    R_j += sum_terms s * in(x)_j * sum_k mod(w)_jk * c * m_k * R_k / stabilize(d_k)
+
+The transposed products `sum_k w_jk (...)_k` are computed with `jax.linear_transpose` of the layer itself (a
+transposed convolution), never with a materialised weight matrix. `stabilize(d) = d + e * sign(d)` with
+sign(0) = +1, so no denominator is zero: where d_k = 0 the numerators of a z+ group are all zero too, and the
+relevance of unit k is dropped instead of turning into NaN or Inf.
+
+The parameter modifiers follow Zennit (the reference implementation the tests compare against): for z+ and αβ the
+positive part keeps max(b, 0) in its denominator and the negative part min(b, 0), so a bias absorbs its share of
+relevance; flat, w² and zB use no bias.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+STABILIZER = 1e-6  # Zennit's default for every rule but ε, and for sums and pools
+Z_RULE_STABILIZER = 1e-12  # LRP-0: guards 0/0 only, far below float32 resolution of typical pre-activations
+RULE_NAMES = ("z", "epsilon", "zplus", "alpha_beta", "flat", "wsquare", "zbox", "gamma")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A hashable LRP rule for linear layers; build it with the `*_rule` functions below.
+
+    `stabilizer` is the e of `stabilize` (for the ε-rule it is ε itself); `alpha`/`beta` are used by
+    `alpha_beta`, `gamma` by `gamma`, `low`/`high` (the input's value bounds) by `zbox`.
+    """
+
+    name: str
+    stabilizer: float = STABILIZER
+    alpha: float = 1.0
+    beta: float = 0.0
+    gamma: float = 0.0
+    low: float = 0.0
+    high: float = 1.0
+
+    def __post_init__(self):
+        if self.name not in RULE_NAMES:
+            raise ValueError(f"LRP rule {self.name!r}: expected one of {RULE_NAMES}")
+        if self.stabilizer < 0:
+            raise ValueError(f"LRP rule {self.name}: stabilizer {self.stabilizer} must be >= 0")
+
+
+def z_rule(stabilizer: float = Z_RULE_STABILIZER) -> Rule:
+    """LRP-0: R_j = sum_k x_j w_jk / z_k * R_k (z_k with bias)."""
+    return Rule("z", stabilizer=stabilizer)
+
+
+def epsilon_rule(epsilon: float) -> Rule:
+    """LRP-ε: R_j = sum_k x_j w_jk / (z_k + ε sign(z_k)) * R_k."""
+    if epsilon <= 0:
+        raise ValueError(f"LRP ε-rule: epsilon {epsilon} must be > 0 (use z_rule for LRP-0)")
+    return Rule("epsilon", stabilizer=epsilon)
+
+
+def zplus_rule(stabilizer: float = STABILIZER) -> Rule:
+    """LRP-z+ (= α1β0): only positive contributions (x_j w_jk)^+ and max(b_k, 0)."""
+    return Rule("zplus", stabilizer=stabilizer)
+
+
+def alpha_beta_rule(alpha: float = 2.0, beta: float = 1.0, stabilizer: float = STABILIZER) -> Rule:
+    """LRP-αβ: α times the z+ redistribution minus β times the same for negative contributions; α - β = 1."""
+    if alpha < 0 or beta < 0 or abs(alpha - beta - 1.0) > 1e-9:
+        raise ValueError(f"LRP αβ-rule: alpha={alpha}, beta={beta}; need alpha, beta >= 0 and alpha - beta = 1")
+    return Rule("alpha_beta", stabilizer=stabilizer, alpha=alpha, beta=beta)
+
+
+def flat_rule(stabilizer: float = STABILIZER) -> Rule:
+    """Flat: every connected input gets an equal share, R_j = sum_k 1 / n_k * R_k (n_k inputs feed unit k)."""
+    return Rule("flat", stabilizer=stabilizer)
+
+
+def wsquare_rule(stabilizer: float = STABILIZER) -> Rule:
+    """w²: R_j = sum_k w_jk^2 / sum_i w_ik^2 * R_k."""
+    return Rule("wsquare", stabilizer=stabilizer)
+
+
+def zbox_rule(low: float = 0.0, high: float = 1.0, stabilizer: float = STABILIZER) -> Rule:
+    """zB (box rule) for inputs bounded by [low, high]: numerators x_j w_jk - low w_jk^+ - high w_jk^-."""
+    if not low < high:
+        raise ValueError(f"LRP zB-rule: low={low} must be below high={high}")
+    return Rule("zbox", stabilizer=stabilizer, low=low, high=high)
+
+
+def gamma_rule(gamma: float = 0.25, stabilizer: float = STABILIZER) -> Rule:
+    """γ (generalised, as Zennit): favours contributions of the output's sign by γ times their part."""
+    if gamma < 0:
+        raise ValueError(f"LRP γ-rule: gamma {gamma} must be >= 0")
+    return Rule("gamma", stabilizer=stabilizer, gamma=gamma)
+
+
+class LayerSpec(NamedTuple):
+    """Static geometry of a linear layer.
+
+    kind: 'conv' (NHWC input, HWIO kernel, symmetric `padding`) or 'dense' ((..., in) @ (in, out)).
+    nonnegative_input: the layer's input is known to be >= 0 by the network's structure (it follows a ReLU);
+        rule terms on the negative input part are then skipped, which keeps the backward pass lean.
+    """
+
+    kind: str
+    strides: int = 1
+    padding: int = 0
+    nonnegative_input: bool = False
+
+
+def conv_spec(strides: int, padding: int, nonnegative_input: bool = False) -> LayerSpec:
+    return LayerSpec("conv", strides, padding, nonnegative_input)
+
+
+def dense_spec(nonnegative_input: bool = False) -> LayerSpec:
+    return LayerSpec("dense", nonnegative_input=nonnegative_input)
+
+
+def linear(spec: LayerSpec, x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+    """The ordinary layer: conv (x (n, h, w, c_in), kernel (kh, kw, c_in, c_out)) or dense (x (..., in) @ (in, out))."""
+    if spec.kind == "conv":
+        z = jax.lax.conv_general_dilated(x, kernel, (spec.strides, spec.strides),
+                                         ((spec.padding, spec.padding), (spec.padding, spec.padding)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    elif spec.kind == "dense":
+        z = x @ kernel
+    else:
+        raise ValueError(f"layer kind {spec.kind!r}: expected 'conv' or 'dense'")
+    return z if bias is None else z + bias
+
+
+def stabilize(denominator: jax.Array, stabilizer: float) -> jax.Array:
+    """d + e * sign(d) with sign(0) = +1: moves every denominator away from zero, keeping its sign."""
+    return denominator + stabilizer * jnp.where(denominator >= 0, 1.0, -1.0).astype(denominator.dtype)
+
+
+def _identity(p):
+    return p
+
+
+def _positive(p):
+    return jnp.maximum(p, 0)
+
+
+def _negative(p):
+    return jnp.minimum(p, 0)
+
+
+def _ones(p):
+    return jnp.ones_like(p)
+
+
+def _square(p):
+    return p * p
+
+
+class Term(NamedTuple):
+    inputs: str  # 'x', 'positive', 'negative', 'ones', 'low' or 'high'
+    params: Callable  # modifier applied to the kernel and, when use_bias, the bias
+    use_bias: bool
+    sign: float = 1.0
+
+
+class Group(NamedTuple):
+    terms: tuple
+    coefficient: float = 1.0
+    outputs: str = "all"  # which output units the group serves, by the sign of z: 'all', 'positive', 'negative'
+
+
+_PLAIN = Term("x", _identity, True)
+
+
+def _gamma_groups(gamma: float) -> tuple:
+    def favour_positive(p):
+        return p + gamma * jnp.maximum(p, 0)
+
+    def favour_negative(p):
+        return p + gamma * jnp.minimum(p, 0)
+
+    return (Group((Term("positive", favour_positive, True), Term("negative", favour_negative, False)),
+                  outputs="positive"),
+            Group((Term("positive", favour_negative, True), Term("negative", favour_positive, False)),
+                  outputs="negative"))
+
+
+def rule_groups(rule: Rule, nonnegative_input: bool = False) -> tuple:
+    """The groups that make up `rule` (see the module docstring); terms on x^- are left out for nonnegative inputs."""
+    positive_part = (Term("positive", _positive, True), Term("negative", _negative, False))
+    negative_part = (Term("positive", _negative, True), Term("negative", _positive, False))
+    groups = {
+            "z": lambda: (Group((_PLAIN,)),),
+            "epsilon": lambda: (Group((_PLAIN,)),),
+            "zplus": lambda: (Group(positive_part),),
+            "alpha_beta": lambda: (Group(positive_part, rule.alpha), Group(negative_part, -rule.beta)),
+            "flat": lambda: (Group((Term("ones", _ones, False),)),),
+            "wsquare": lambda: (Group((Term("ones", _square, False),)),),
+            "zbox": lambda: (Group((Term("x", _identity, False), Term("low", _positive, False, -1.0),
+                                    Term("high", _negative, False, -1.0))),),
+            "gamma": lambda: _gamma_groups(rule.gamma),
+    }[rule.name]()
+    groups = tuple(group for group in groups if group.coefficient != 0)  # e.g. beta = 0
+    if nonnegative_input:
+        groups = tuple(group._replace(terms=tuple(term._replace(inputs="x") if term.inputs == "positive" else term
+                                                  for term in group.terms if term.inputs != "negative"))
+                       for group in groups)
+    return groups
+
+
+def _modified_input(term: Term, rule: Rule, x: jax.Array) -> jax.Array:
+    return {
+            "x": lambda: x,
+            "positive": lambda: jnp.maximum(x, 0),
+            "negative": lambda: jnp.minimum(x, 0),
+            "ones": lambda: jnp.ones_like(x),
+            "low": lambda: jnp.full_like(x, rule.low),
+            "high": lambda: jnp.full_like(x, rule.high),
+    }[term.inputs]()
+
+
+def _group_denominator(spec, rule, group, x, kernel, bias, z) -> jax.Array:
+    if group.terms == (_PLAIN,):
+        return z
+    return sum(term.sign * linear(spec, _modified_input(term, rule, x), term.params(kernel),
+                                  term.params(bias) if term.use_bias else None)
+               for term in group.terms)
+
+
+def _output_mask(group: Group, z: jax.Array) -> jax.Array | float:
+    if group.outputs == "positive":
+        return (z > 0).astype(z.dtype)
+    if group.outputs == "negative":
+        return (z < 0).astype(z.dtype)
+    return 1.0
+
+
+def _transpose(spec: LayerSpec, kernel: jax.Array, x: jax.Array, cotangent: jax.Array) -> jax.Array:
+    """sum_k kernel_jk cotangent_k for every input j: the layer's linear map transposed (a transposed conv)."""
+    (result,) = jax.linear_transpose(lambda v: linear(spec, v, kernel), x)(cotangent)
+    return result
+
+
+def _denominators(spec, rule, x, kernel, bias, z) -> tuple:
+    return tuple(_group_denominator(spec, rule, group, x, kernel, bias, z)
+                 for group in rule_groups(rule, spec.nonnegative_input))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def lrp_linear(spec: LayerSpec, rule: Rule, x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """`linear(spec, x, kernel, bias)`, whose backward pass applies `rule` to the relevance of its outputs."""
+    return linear(spec, x, kernel, bias)
+
+
+def _lrp_linear_fwd(spec, rule, x, kernel, bias):
+    z = linear(spec, x, kernel, bias)
+    return z, (x, kernel, bias, z, _denominators(spec, rule, x, kernel, bias, z))
+
+
+def _lrp_linear_bwd(spec, rule, residuals, relevance):
+    x, kernel, bias, z, denominators = residuals
+    relevance_in = jnp.zeros_like(x)
+    for group, denominator in zip(rule_groups(rule, spec.nonnegative_input), denominators):
+        scaled = group.coefficient * _output_mask(group, z) * relevance / stabilize(denominator, rule.stabilizer)
+        for term in group.terms:
+            contribution = _transpose(spec, term.params(kernel), x, scaled)
+            relevance_in += term.sign * _modified_input(term, rule, x) * contribution
+    return relevance_in, jnp.zeros_like(kernel), jnp.zeros_like(bias)
+
+
+lrp_linear.defvjp(_lrp_linear_fwd, _lrp_linear_bwd)
+
+
+def dropped_relevance(spec: LayerSpec, rule: Rule, x: jax.Array, kernel: jax.Array, bias: jax.Array,
+                      relevance_out: jax.Array) -> jax.Array:
+    """Relevance the rule drops: the part of `relevance_out` sent to groups whose denominator is exactly zero.
+
+    `relevance_out` is shaped like the layer output, optionally with leading axes (e.g. one per explained AU);
+    the result has its shape. For z+ this is the relevance of units whose positive pre-activation is zero.
+    """
+    z = linear(spec, x, kernel, bias)
+    return sum(group.coefficient * _output_mask(group, z) * jnp.where(denominator == 0, relevance_out, 0.0)
+               for group, denominator in zip(rule_groups(rule, spec.nonnegative_input),
+                                             _denominators(spec, rule, x, kernel, bias, z)))
+
+
+@jax.custom_vjp
+def relu_pass(x: jax.Array) -> jax.Array:
+    """ReLU whose backward pass hands the relevance through unchanged."""
+    return jax.nn.relu(x)
+
+
+relu_pass.defvjp(lambda x: (jax.nn.relu(x), None), lambda _, relevance: (relevance,))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def lrp_add(stabilizer: float, a: jax.Array, b: jax.Array) -> jax.Array:
+    """a + b; relevance is split in proportion to the summands (z-rule): R_a = a / stabilize(a + b) * R."""
+    return a + b
+
+
+def _lrp_add_fwd(stabilizer, a, b):
+    total = a + b
+    return total, (a, b, total)
+
+
+def _lrp_add_bwd(stabilizer, residuals, relevance):
+    a, b, total = residuals
+    scaled = relevance / stabilize(total, stabilizer)
+    return a * scaled, b * scaled
+
+
+lrp_add.defvjp(_lrp_add_fwd, _lrp_add_bwd)
+
+
+def global_mean_pool(x: jax.Array) -> jax.Array:
+    """(..., h, w, c) -> (..., c): the mean over the spatial axes."""
+    return jnp.mean(x, axis=(-3, -2))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def lrp_global_mean_pool(stabilizer: float, x: jax.Array) -> jax.Array:
+    """Global average pooling explained by the z-rule: R_j = (x_j / hw) / stabilize(mean) * R_c."""
+    return global_mean_pool(x)
+
+
+def _lrp_pool_fwd(stabilizer, x):
+    pooled = global_mean_pool(x)
+    return pooled, (x, pooled)
+
+
+def _lrp_pool_bwd(stabilizer, residuals, relevance):
+    x, pooled = residuals
+    scaled = relevance / stabilize(pooled, stabilizer) / (x.shape[-3] * x.shape[-2])
+    return (x * scaled[..., None, None, :],)
+
+
+lrp_global_mean_pool.defvjp(_lrp_pool_fwd, _lrp_pool_bwd)

@@ -1,0 +1,79 @@
+"""End to end through the command line: --mode=all on a tiny synthetic run, then explaining one photo."""
+
+import csv
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.conftest import REPO
+from tests.test_cli import _assert_clean_error, _main
+
+TINY_RUN = [
+    "--width=4,8,8,8", "--epochs=1", "--batch_size=8",
+    "--config.synthetic.train.num_subjects=4", "--config.synthetic.train.images_per_subject=8",
+    "--config.synthetic.cv.num_subjects=2", "--config.synthetic.cv.images_per_subject=8",
+    "--config.synthetic.cross.num_subjects=2", "--config.synthetic.cross.images_per_subject=8",
+    "--config.explain.max_images=8", "--config.explain.compare=('gradient_x_input',)",
+    "--config.explain.grid_images=3", "--config.protocol.min_support=1",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    result = _main(f"--workdir={workdir}", "--mode=all", *TINY_RUN)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return workdir, result
+
+
+def test_mode_all_writes_tables_figures_and_report(trained_run):
+    workdir, result = trained_run
+    results = workdir / "results"
+    for stem in ("table1_f1", "table2_cross_f1", "table3_mu", "table3_all_metrics", "table_mu_f1"):
+        assert (results / f"{stem}.csv").is_file() and (results / f"{stem}.json").is_file(), stem
+    with open(results / "table3_mu.csv") as f:
+        methods = {row["method"] for row in csv.DictReader(f)}
+    assert {"synthetic_cv paper", "synthetic_cv gradient_x_input", "synthetic_cross paper"} <= methods
+    figures = set(os.listdir(results / "figures"))
+    assert {"figure1_regions.png", "training_curves.png", "mu_distributions.png", "heatmaps_cv.png"} <= figures
+    assert (results / "mu_per_subject.csv").is_file()
+    report = (workdir / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= len(figures)
+    for title in ("Table 1", "Table 2", "Table 3"):
+        assert title in result.stdout and title in report
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["best_fold_subject"] in {"A000", "A001"}
+
+
+def test_explain_image_on_the_astronaut(trained_run):
+    workdir, _ = trained_run
+    result = _main(f"--workdir={workdir}", "--mode=explain_image", f"--image={REPO}/tests/data/astronaut.png")
+    assert result.returncode == 0, result.stderr[-5000:]
+    out = workdir / "explain_image" / "astronaut"
+    explained = json.loads((out / "result.json").read_text())
+    assert explained["faces_found"] == 1
+    assert set(explained["aus"]) == {"AU4", "AU6", "AU7", "AU9", "AU10", "AU25", "AU26", "AU27"}
+    assert all(0.0 <= a["probability"] <= 1.0 for a in explained["aus"].values())
+    assert all(a["mu"] is None or 0.0 <= a["mu"] <= 1.0 for a in explained["aus"].values())
+    assert (out / "face_crop.png").is_file() and (out / "heatmaps.png").is_file()
+    assert "AU4 brow lowerer" in result.stdout
+
+
+def test_explain_image_bad_inputs(trained_run, tmp_path):
+    workdir, _ = trained_run
+    photo = f"--image={REPO}/tests/data/astronaut.png"
+    _assert_clean_error(_main(f"--workdir={tmp_path}/empty", "--mode=explain_image", photo),
+                        "holds no trained run", "--checkpoint")
+    _assert_clean_error(_main(f"--workdir={workdir}", "--mode=explain_image", f"--image={REPO}/tests/data/coffee.png"),
+                        "coffee.png", "no face")
+    other = tmp_path / "other"
+    shutil.copytree(workdir / "checkpoints" / "fold_00" / "latest", other)
+    _assert_clean_error(_main(f"--workdir={tmp_path}/fresh", "--mode=explain_image", photo, f"--checkpoint={other}",
+                              "--width=8,8,8,8"), "could be restored", "other settings")
+
+
+def test_explain_without_a_trained_run(tmp_path):
+    _assert_clean_error(_main(f"--workdir={tmp_path}", "--mode=explain", *TINY_RUN), "have not finished",
+                        "--mode=train")
