@@ -9,7 +9,11 @@ Every builder writes one 'train' split whose examples are
   subject    text                   subject id
   source     text                   image path relative to the manual directory (or the generator's key)
 
-plus extras: `peak` bool (ck_plus: the FACS-coded frame itself), `pspi` float32 (unbc_mcmaster, NaN if missing).
+plus extras: `peak` bool (ck_plus: the FACS-coded frame itself), `pspi` float32 (unbc_mcmaster, NaN if missing),
+and, in builds whose landmarks come from MediaPipe (landmarks="mediapipe"), `blendshapes` float32 (52,): MediaPipe's
+blendshape scores of the face, `blendshapes.BLENDSHAPE_NAMES` order. Builds with landmarks="dataset" and
+synthetic_faces have no `blendshapes` feature (MediaPipe did not run), and neither have builds made before the
+feature existed: `preprocess.load_records` tells them apart by the feature's presence, not by the values.
 
 Builders (`BUILDERS`): ck_plus, unbc_mcmaster, manifest, actor_study (a manifest without participant 16),
 synthetic_faces (the embedded generator). Data lands in `<data_dir>/<name>/<config name>/1.0.0/`; the config name
@@ -33,10 +37,11 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from aujax import facs
-from aujax.data import layouts
+from aujax.data import blendshapes, layouts
 
 VERSION = "1.0.0"
 _BUILD_ONLY_OPTIONS = ("workers",)  # change how a dataset is built, not what it holds: not in the config name
+BLENDSHAPE_FEATURE = "blendshapes"  # present only in builds whose faces MediaPipe found (FaceConfig.has_blendshapes)
 
 
 def _features(extras: dict[str, Any]) -> tfds.features.FeaturesDict:
@@ -67,6 +72,11 @@ class FaceConfig(tfds.core.BuilderConfig):
     pain_only: bool = True
     margin: float = 0.25
     workers: int | None = None
+
+    @property
+    def has_blendshapes(self) -> bool:
+        """Whether the build stores MediaPipe's blendshapes (only MediaPipe computes them)."""
+        return self.landmarks == "mediapipe"
 
     def validate(self) -> None:
         if self.landmarks not in layouts.LANDMARK_CHOICES:
@@ -162,8 +172,10 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     other_aus: dict[int, int]
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(builder=self, description=self.DESCRIPTION,
-                                     features=_features(self.EXTRA_FEATURES))
+        blendshape_feature = {BLENDSHAPE_FEATURE: tfds.features.Tensor(shape=(blendshapes.NUM_BLENDSHAPES,),
+                                                                      dtype=np.float32)}
+        extras = {**(blendshape_feature if self.builder_config.has_blendshapes else {}), **self.EXTRA_FEATURES}
+        return tfds.core.DatasetInfo(builder=self, description=self.DESCRIPTION, features=_features(extras))
 
     def _split_generators(self, dl_manager):
         return {"train": self._generate_examples(str(dl_manager.manual_dir))}
@@ -187,11 +199,13 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 self.report_rows.append(layouts.Issue(face.source, "skipped", crop.reason,
                                                       f"{face.source}: {crop.detail}"))
                 continue
-            image, landmarks, num_faces = crop
+            image, landmarks, blendshape_scores, num_faces = crop
             self.report_rows.append(_ok_row(face, num_faces))
-            yield face.source, {"image": image, "landmarks": landmarks.astype(np.float32), "labels": face.labels,
-                                "intensity": face.intensity, "subject": face.subject, "source": face.source,
-                                **face.extras}
+            example = {"image": image, "landmarks": landmarks.astype(np.float32), "labels": face.labels,
+                       "intensity": face.intensity, "subject": face.subject, "source": face.source, **face.extras}
+            if self.builder_config.has_blendshapes:
+                example[BLENDSHAPE_FEATURE] = blendshape_scores
+            yield face.source, example
 
 
 def _ok_row(face: layouts.FaceFile, num_faces: int) -> layouts.Issue:
@@ -202,7 +216,8 @@ def _ok_row(face: layouts.FaceFile, num_faces: int) -> layouts.Issue:
 
 
 def _crop(faces: list[layouts.FaceFile], config: FaceConfig):
-    """(face, (image, landmarks, num_faces) or faces.FaceError) for each face, in order."""
+    """(face, (image, landmarks, blendshapes or None, num_faces) or faces.FaceError) for each face, in order;
+    blendshapes (float32 (52,)) come from MediaPipe, None with the dataset's own landmarks."""
     if not faces:
         return
     from aujax.data import faces as face_crops  # MediaPipe and OpenCV only where images are cropped
@@ -211,12 +226,14 @@ def _crop(faces: list[layouts.FaceFile], config: FaceConfig):
         results = face_crops.crop_files([f.path for f in faces], workers=config.workers, margin=config.margin)
         for face, (_, result) in zip(faces, results):
             is_error = isinstance(result, face_crops.FaceError)
-            yield face, result if is_error else (result.image, result.landmarks, result.num_faces)
+            yield face, result if is_error else (result.image, result.landmarks, result.blendshapes,
+                                                 result.num_faces)
         return
     for face in faces:
         try:
             image = face_crops.read_image(face.path)
-            yield face, (*face_crops.crop_around_landmarks(image, face.landmarks, config.margin, source=face.path), 1)
+            crop, landmarks = face_crops.crop_around_landmarks(image, face.landmarks, config.margin, source=face.path)
+            yield face, (crop, landmarks, None, 1)
         except face_crops.FaceError as error:
             yield face, error
 

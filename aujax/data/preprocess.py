@@ -10,7 +10,8 @@ writes one CSV row per input file to `report_path`:
            ok rows (several_faces, no_pspi)
   message  what exactly, naming the file (and line)
 
-`load_records(dataset, data_dir, **options)` reads a built dataset back into `FaceRecords` for training.
+`load_records(dataset, data_dir, **options)` reads a built dataset back into `FaceRecords` for training, with
+MediaPipe's blendshapes when the build has them (a `blendshapes` feature: landmarks="mediapipe" builds), else None.
 tensorflow_datasets is imported only inside these functions.
 """
 
@@ -128,19 +129,27 @@ def load_records(dataset: str, data_dir: str, **options) -> records.FaceRecords:
     """The built `dataset` under `data_dir` as `FaceRecords` (name = dataset), sorted by source.
 
     With options, the dataset built with those options; without, the default build, or the only one there is.
+    `blendshapes` is float32 (n, 52) when the build stored them (landmarks="mediapipe"), None when it has no such
+    feature (landmarks="dataset", synthetic_faces, or a build older than the feature).
     ValueError listing what is built if the requested one is not.
     """
     import tensorflow_datasets as tfds
 
-    source = tfds.builder_from_directory(_built_path(dataset, data_dir, options)).as_data_source(split="train")
+    from aujax.data import builders
+
+    builder = tfds.builder_from_directory(_built_path(dataset, data_dir, options))
+    has_blendshapes = builders.BLENDSHAPE_FEATURE in builder.info.features
+    source = builder.as_data_source(split="train")
     examples = [example for start in range(0, len(source), _READ_CHUNK)
                 for example in source.__getitems__(range(start, min(start + _READ_CHUNK, len(source))))]
     examples.sort(key=lambda example: example["source"])
+    blendshape_scores = _stack(examples, builders.BLENDSHAPE_FEATURE, np.float32) if has_blendshapes else None
     return records.FaceRecords(image=_stack(examples, "image", np.uint8),
                                landmarks=_stack(examples, "landmarks", np.float32),
                                labels=_stack(examples, "labels", np.uint8),
                                intensity=_stack(examples, "intensity", np.float32),
-                               subject=_texts(examples, "subject"), source=_texts(examples, "source"), name=dataset)
+                               subject=_texts(examples, "subject"), source=_texts(examples, "source"), name=dataset,
+                               blendshapes=blendshape_scores)
 
 
 def _stack(examples: list[dict], field: str, dtype) -> np.ndarray:

@@ -2,15 +2,19 @@
 
 A `FaceRecords` holds n faces as numpy arrays:
 
-  image      uint8   (n, 112, 112, 3)  RGB crop
-  landmarks  float32 (n, 68, 2)        (x, y) pixels in the crop, Multi-PIE / iBUG-300W order, 0-based ids
-  labels     uint8   (n, 8)            binary AU labels in `facs.AU_IDS` order
-  intensity  float32 (n, 8)            AU intensities (0 where unknown)
-  subject    str     (n,)              subject id
-  source     str     (n,)              file (or generator key) the face came from
-  name       str                       the dataset's name
+  image        uint8   (n, 112, 112, 3)  RGB crop
+  landmarks    float32 (n, 68, 2)        (x, y) pixels in the crop, Multi-PIE / iBUG-300W order, 0-based ids
+  labels       uint8   (n, 8)            binary AU labels in `facs.AU_IDS` order
+  intensity    float32 (n, 8)            AU intensities (0 where unknown)
+  subject      str     (n,)              subject id
+  source       str     (n,)              file (or generator key) the face came from
+  name         str                       the dataset's name
+  blendshapes  float32 (n, 52) or None   MediaPipe's 52 blendshape scores in [0, 1], `blendshapes.BLENDSHAPE_NAMES`
+                                         order; None where MediaPipe did not run (synthetic faces, datasets built
+                                         with landmarks="dataset")
 
-Saved and loaded as `.npz` without pickle (string columns are numpy unicode arrays).
+Saved and loaded as `.npz` without pickle (string columns are numpy unicode arrays; `blendshapes` is stored only
+when present).
 """
 
 import dataclasses
@@ -19,6 +23,7 @@ import os
 import numpy as np
 
 from aujax import facs
+from aujax.data import blendshapes as blendshapes_lib
 
 _ARRAY_FIELDS = ("image", "landmarks", "labels", "intensity", "subject", "source")
 
@@ -32,6 +37,7 @@ class FaceRecords:
     subject: np.ndarray
     source: np.ndarray
     name: str
+    blendshapes: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.image)
@@ -43,6 +49,8 @@ class FaceRecords:
             "subject": ((n,), None),
             "source": ((n,), None),
         }
+        if self.blendshapes is not None:
+            expected["blendshapes"] = ((n, blendshapes_lib.NUM_BLENDSHAPES), np.float32)
         for field, (shape, dtype) in expected.items():
             value = getattr(self, field)
             if value.shape != shape:
@@ -61,26 +69,36 @@ class FaceRecords:
         _, first = np.unique(self.subject, return_index=True)
         return [str(self.subject[i]) for i in sorted(first)]
 
+    def _present_arrays(self) -> dict[str, np.ndarray]:
+        """The array fields, with `blendshapes` only when present."""
+        arrays = {f: getattr(self, f) for f in _ARRAY_FIELDS}
+        if self.blendshapes is not None:
+            arrays["blendshapes"] = self.blendshapes
+        return arrays
+
     def select(self, index) -> "FaceRecords":
         """The records at `index` (a boolean mask or an integer array)."""
-        return FaceRecords(**{f: getattr(self, f)[index] for f in _ARRAY_FIELDS}, name=self.name)
+        return FaceRecords(**{f: a[index] for f, a in self._present_arrays().items()}, name=self.name)
 
     def save(self, path: str) -> None:
         """Write to `path` (.npz, no pickle), atomically."""
         tmp = path + ".tmp.npz"
-        np.savez(tmp, name=np.array(self.name), **{f: getattr(self, f) for f in _ARRAY_FIELDS})
+        np.savez(tmp, name=np.array(self.name), **self._present_arrays())
         os.replace(tmp, path)
 
 
 def concatenate(parts: list[FaceRecords], name: str) -> FaceRecords:
-    """One `FaceRecords` holding all of `parts` in order."""
-    return FaceRecords(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in _ARRAY_FIELDS}, name=name)
+    """One `FaceRecords` holding all of `parts` in order; blendshapes only if every part has them."""
+    fields = _ARRAY_FIELDS + (("blendshapes",) if all(p.blendshapes is not None for p in parts) else ())
+    return FaceRecords(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in fields}, name=name)
 
 
 def load(path: str) -> FaceRecords:
     """Read records written by `FaceRecords.save`; a clear error names the file if it is not one."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return FaceRecords(**{f: data[f] for f in _ARRAY_FIELDS}, name=str(data["name"]))
+            blendshapes = data["blendshapes"] if "blendshapes" in data.files else None
+            return FaceRecords(**{f: data[f] for f in _ARRAY_FIELDS}, name=str(data["name"]),
+                               blendshapes=blendshapes)
     except (OSError, KeyError, ValueError) as e:
         raise ValueError(f"{path}: not an aujax face-records file ({e})") from e
