@@ -144,10 +144,35 @@ def restore_variables(trainer: train.Trainer, directory: str) -> dict:
     template = train.abstract_like(train.init_state(trainer.model, trainer.optimizer, jax.random.key(0),
                                                     trainer.mesh))
     options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0)
-    state = train.restore_latest(ocp.CheckpointManager(os.path.abspath(directory), options=options), template)
+    manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    if manager.latest_step() is not None:
+        _check_parameter_shapes(os.path.join(os.path.abspath(directory), str(manager.latest_step()), "default"),
+                                template["params"])
+    try:
+        state = train.restore_latest(manager, template)
+    finally:
+        manager.close()  # else orbax's background threads print tracebacks when the process exits on an error
     if state is None:
         raise FileNotFoundError(f"{directory}: no checkpoint to restore; train first (--mode=train or --mode=all)")
     return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
+def _shapes(tree) -> dict:
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _check_parameter_shapes(step_dir: str, params_template) -> None:
+    """ValueError naming the first parameter whose stored shape differs from the model's, before any restore starts
+    (a failed restore leaves orbax's background reads behind, which print tracebacks at exit)."""
+    try:
+        stored = _shapes(ocp.StandardCheckpointer().metadata(step_dir).item_metadata["params"])
+    except Exception:  # damaged metadata: restore_latest reports it (and falls back)
+        return
+    wanted = _shapes(params_template)
+    for name, shape in wanted.items():
+        if stored.get(name) != shape:
+            raise ValueError(f"{step_dir}: this checkpoint holds a model of other settings: parameter {name} has shape "
+                             f"{stored.get(name)} there, {shape} in the model asked for (check --width)")
 
 
 @dataclasses.dataclass

@@ -311,8 +311,8 @@ def fit_fold(trainer: Trainer, fold: FoldSpec, data: DeviceData, labels: np.ndar
                       metrics={"mean_f1": -1.0 if held_out_f1 is None else held_out_f1})
             _stop_if_requested(stop, latest, fold, step)
     finally:
-        latest.wait_until_finished()
-        best.wait_until_finished()
+        latest.close()  # waits for pending saves
+        best.close()
     return {"params": state["params"], "batch_stats": state["batch_stats"]}, history
 
 

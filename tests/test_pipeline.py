@@ -71,7 +71,7 @@ def test_explain_image_bad_inputs(trained_run, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(workdir / "checkpoints" / "fold_00" / "latest", other)
     _assert_clean_error(_main(f"--workdir={tmp_path}/fresh", "--mode=explain_image", photo, f"--checkpoint={other}",
-                              "--width=8,8,8,8"), "could be restored", "other settings")
+                              "--width=8,8,8,8"), "model of other settings", "--width")
 
 
 def test_explain_without_a_trained_run(tmp_path):
