@@ -121,18 +121,23 @@ def parse_facs(path: str) -> FacsCodes:
     """
     codes: dict[int, float] = {}
     malformed = []
+    for number, line, fields in _numbered_fields(path):
+        try:
+            au, intensity = _facs_line(fields)
+        except ValueError as e:
+            malformed.append((number, f"{line.strip()[:80]!r}: {e}"))
+            continue
+        codes[au] = max(intensity, codes.get(au, 0.0))
+    return FacsCodes(codes, malformed)
+
+
+def _numbered_fields(path: str):
+    """(line number, line, whitespace-split fields) of every non-blank line of a text file."""
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, start=1):
             fields = line.split()
-            if not fields:
-                continue
-            try:
-                au, intensity = _facs_line(fields)
-            except ValueError as e:
-                malformed.append((number, f"{line.strip()[:80]!r}: {e}"))
-                continue
-            codes[au] = max(intensity, codes.get(au, 0.0))
-    return FacsCodes(codes, malformed)
+            if fields:
+                yield number, line, fields
 
 
 def _facs_line(fields: list[str]) -> tuple[int, float]:
@@ -154,18 +159,14 @@ def _facs_line(fields: list[str]) -> tuple[int, float]:
 def parse_points(path: str, num_points: int) -> np.ndarray:
     """(num_points, 2) float32 (x, y) from a text file of "x y" lines; ValueError naming the file and line if not."""
     points = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                point = [float(v) for v in fields]
-            except ValueError:
-                point = []
-            if len(point) != 2 or not all(map(math.isfinite, point)):
-                raise ValueError(f"{path}: line {number}: expected 'x y', got {line.strip()[:80]!r}")
-            points.append(point)
+    for number, line, fields in _numbered_fields(path):
+        try:
+            point = [float(v) for v in fields]
+        except ValueError:
+            point = []
+        if len(point) != 2 or not all(map(math.isfinite, point)):
+            raise ValueError(f"{path}: line {number}: expected 'x y', got {line.strip()[:80]!r}")
+        points.append(point)
     if len(points) != num_points:
         raise ValueError(f"{path}: {len(points)} points, expected {num_points}")
     return np.asarray(points, np.float32)
