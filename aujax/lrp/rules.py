@@ -249,6 +249,19 @@ def _transpose(spec: LayerSpec, kernel: jax.Array, x: jax.Array, cotangent: jax.
     return result
 
 
+def _transpose_ones(spec: LayerSpec, kernel: jax.Array, x: jax.Array, cotangent: jax.Array) -> jax.Array:
+    """`_transpose` for an all-ones kernel: the output channels summed first, then one channel transposed.
+
+    Every input channel then receives the same sum, so this equals `_transpose(spec, ones_like(kernel), ...)` with
+    1 / (c_in c_out) of its work. It also keeps XLA from compiling the transpose of a constant kernel into a generic
+    convolution: for the stem (flat rule, 7x7/2, 3 input channels) that took half of the explain time on an H100.
+    """
+    summed = jnp.sum(cotangent, axis=-1, keepdims=True)
+    one_channel = x[..., :1]
+    ones = jnp.ones(kernel.shape[:-2] + (1, 1), kernel.dtype)
+    return jnp.broadcast_to(_transpose(spec, ones, one_channel, summed), x.shape)
+
+
 def _denominators(spec, rule, x, kernel, bias, z) -> tuple:
     return tuple(_group_denominator(spec, rule, group, x, kernel, bias, z)
                  for group in rule_groups(rule, spec.nonnegative_input))
@@ -271,7 +284,10 @@ def _lrp_linear_bwd(spec, rule, residuals, relevance):
     for group, denominator in zip(rule_groups(rule, spec.nonnegative_input), denominators):
         scaled = group.coefficient * _output_mask(group, z) * relevance / stabilize(denominator, rule.stabilizer)
         for term in group.terms:
-            contribution = _transpose(spec, term.params(kernel), x, scaled)
+            if term.params is _ones:
+                contribution = _transpose_ones(spec, kernel, x, scaled)
+            else:
+                contribution = _transpose(spec, term.params(kernel), x, scaled)
             relevance_in += term.sign * _modified_input(term, rule, x) * contribution
     return relevance_in, jnp.zeros_like(kernel), jnp.zeros_like(bias)
 
