@@ -38,6 +38,14 @@ def test_a_subject_and_its_images_do_not_depend_on_how_many_are_generated():
     np.testing.assert_array_equal(few.landmarks, many.landmarks[same_images])
 
 
+def test_worker_processes_render_the_same_records_as_one_process():
+    # 2 subjects x 150 images: two tasks of 256 images, the second partly filled
+    serial = synthetic.generate(2, 150, "wild", seed=4, spurious_cue_au=4, workers=1)
+    parallel = synthetic.generate(2, 150, "wild", seed=4, spurious_cue_au=4, workers=2)
+    for field in ("image", "landmarks", "labels", "intensity", "subject", "source"):
+        np.testing.assert_array_equal(getattr(serial, field), getattr(parallel, field))
+
+
 def test_records_follow_the_contract():
     faces = synthetic.generate(3, 4, "posed", seed=2, subject_prefix="A", name="toy")
     assert isinstance(faces, records.FaceRecords) and len(faces) == 12 and faces.name == "toy"

@@ -50,6 +50,10 @@ subject k from one seeded by (seed, domain, subject_prefix, k, j). So the same a
 subject looks the same in all its images, and an image does not depend on how many others are generated.
 """
 
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
 import zlib
 
 import numpy as np
@@ -64,6 +68,8 @@ _COORDS = np.arange(_SIZE, dtype=np.float32)
 _CENTRE_X = (_SIZE - 1) / 2
 _POSE_PIVOT = np.array([_CENTRE_X, 62.0], np.float32)
 _CHUNK = 32
+_CHUNKS_PER_TASK = 8  # chunks rendered by one task of a worker process
+_PARALLEL_FROM = 2048  # images; smaller sets render in the calling process (starting workers costs seconds)
 _GAUSS_TAIL = float(np.exp(-6.25))  # blobs are cut to exactly 0 beyond 2.5 sigma
 
 # Subject parameters: name -> (shape, low, high), uniform; lengths in canonical pixels.
@@ -206,12 +212,15 @@ _YCC_TO_RGB = np.linalg.inv(_RGB_TO_YCC).astype(np.float32)
 
 def generate(num_subjects: int, images_per_subject: int, domain: str = "posed", seed: int = 0,
              subject_prefix: str = "S", spurious_cue_au: int | None = None,
-             spurious_cue_probability: float = 0.9, name: str = "synthetic") -> records.FaceRecords:
+             spurious_cue_probability: float = 0.9, name: str = "synthetic",
+             workers: int | None = None) -> records.FaceRecords:
     """`num_subjects * images_per_subject` synthetic faces, subject after subject.
 
     Subject ids are f"{subject_prefix}{k:03d}", sources f"synthetic:{domain}:seed{seed}:{subject}:{j:04d}".
     With `spurious_cue_au=a`, an image showing AU a carries the cue (a white square with a black rim in the
     top-left corner) with probability `spurious_cue_probability`; images without AU a never do.
+    workers: processes that render (None: one per CPU core for sets of `_PARALLEL_FROM` images or more, else 1).
+    The images do not depend on it (each is drawn from its own generator).
     """
     _check_arguments(num_subjects, images_per_subject, domain, seed, spurious_cue_au, spurious_cue_probability)
     subjects = sample_subjects(num_subjects, seed, domain, subject_prefix)
@@ -222,12 +231,15 @@ def generate(num_subjects: int, images_per_subject: int, domain: str = "posed", 
     landmarks = np.empty((n, facs.NUM_LANDMARKS, 2), np.float32)
     labels = np.empty((n, facs.NUM_AUS), np.uint8)
     intensity = np.empty((n, facs.NUM_AUS), np.float32)
-    for start in range(0, n, _CHUNK):
-        chunk = slice(start, start + _CHUNK)
-        keys = zip(subject_index[chunk], image_index[chunk])
-        rngs = [_image_rng(seed, domain, subject_prefix, k, j) for k, j in keys]
-        images[chunk], landmarks[chunk], labels[chunk], intensity[chunk] = _generate_chunk(
-                select(subjects, subject_index[chunk]), rngs, domain, spurious_cue_au, spurious_cue_probability)
+    if workers is None:
+        workers = available_cores() if n >= _PARALLEL_FROM else 1
+    step = _CHUNK * _CHUNKS_PER_TASK if workers > 1 else _CHUNK
+    parts = [slice(start, start + step) for start in range(0, n, step)]
+    tasks = [(select(subjects, subject_index[part]), list(zip(subject_index[part], image_index[part])), seed, domain,
+              subject_prefix, spurious_cue_au, spurious_cue_probability) for part in parts]
+    with _task_runner(min(workers, len(tasks))) as run:
+        for part, outputs in zip(parts, run(_render_task, tasks)):
+            images[part], landmarks[part], labels[part], intensity[part] = outputs
     subject_ids = np.array([f"{subject_prefix}{k:03d}" for k in range(num_subjects)])[subject_index]
     sources = np.array([f"synthetic:{domain}:seed{seed}:{s}:{j:04d}" for s, j in zip(subject_ids, image_index)])
     return records.FaceRecords(image=images, landmarks=landmarks, labels=labels, intensity=intensity,
@@ -408,6 +420,31 @@ def _check_arguments(num_subjects, images_per_subject, domain, seed, spurious_cu
         facs.au_column(spurious_cue_au)
     if not 0.0 <= spurious_cue_probability <= 1.0:
         raise ValueError(f"spurious_cue_probability must lie in [0, 1], got {spurious_cue_probability}")
+
+
+def available_cores() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _task_runner(workers: int):
+    """A `map` over tasks: in this process for one worker, else over 'spawn' processes (safe beside JAX threads)."""
+    if workers <= 1:
+        yield lambda fn, tasks: (fn(*task) for task in tasks)
+        return
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield lambda fn, tasks: pool.map(fn, *zip(*tasks))
+
+
+def _render_task(subjects, keys, seed, domain, subject_prefix, spurious_cue_au, spurious_cue_probability):
+    """Images, landmarks, labels and intensity of the images `keys` [(subject, image), ...], in chunks of _CHUNK."""
+    parts = []
+    for start in range(0, len(keys), _CHUNK):
+        rngs = [_image_rng(seed, domain, subject_prefix, k, j) for k, j in keys[start:start + _CHUNK]]
+        parts.append(_generate_chunk(select(subjects, slice(start, start + _CHUNK)), rngs, domain, spurious_cue_au,
+                                     spurious_cue_probability))
+    return tuple(np.concatenate(column) for column in zip(*parts))
 
 
 def _generate_chunk(subjects, rngs, domain, spurious_cue_au, spurious_cue_probability):
