@@ -17,6 +17,7 @@ Table 1 the cv images of the folds' subjects (those the pooled row scores), in T
 
 import dataclasses
 import os
+import time
 
 import jax
 import numpy as np
@@ -65,11 +66,13 @@ class FoldResult:
     test_index: np.ndarray      # (n,) into the resident dataset
     probabilities: np.ndarray   # (n, 8)
     history: list
+    seconds: float | None = None  # wall time of the session that finished the fold (training and prediction)
 
     def save(self, fold_dir: str) -> None:
         np.savez(os.path.join(fold_dir, "predictions.npz"), test_index=self.test_index,
                  probabilities=self.probabilities)
-        files.write_json(os.path.join(fold_dir, "result.json"), {"subject": self.name, "history": self.history})
+        files.write_json(os.path.join(fold_dir, "result.json"),
+                         {"subject": self.name, "history": self.history, "seconds": self.seconds})
 
     @staticmethod
     def load(fold_dir: str) -> "FoldResult | None":
@@ -78,7 +81,8 @@ class FoldResult:
         if result is None:
             return None
         with np.load(os.path.join(fold_dir, "predictions.npz"), allow_pickle=False) as p:
-            return FoldResult(result["subject"], p["test_index"], p["probabilities"], result["history"])
+            return FoldResult(result["subject"], p["test_index"], p["probabilities"], result["history"],
+                              result.get("seconds"))
 
 
 def fold_dir(workdir: str, fold: int) -> str:
@@ -107,9 +111,11 @@ def run_training(config, workdir: str, roles: dict) -> list[FoldResult]:
         if done is None:
             logging.info("fold %d/%d: holding out subject %s (%d train, %d test images)", fold.fold + 1,
                          len(folds), fold.name, len(fold.train_index), len(fold.test_index))
+            started = time.perf_counter()
             variables, history = train.fit_fold(trainer, fold, data, resident.labels, directory, stop)
             probabilities = trainer.predict(variables, data, fold.test_index)
-            done = FoldResult(fold.name, fold.test_index, probabilities, history)
+            done = FoldResult(fold.name, fold.test_index, probabilities, history, time.perf_counter() - started)
+            logging.info("fold %d/%d (%s) done in %.1f s", fold.fold + 1, len(folds), fold.name, done.seconds)
             if jax.process_index() == 0:
                 done.save(directory)
             distributed.barrier(f"fold {fold.fold} saved")  # the other processes read it in `evaluate`

@@ -298,6 +298,9 @@ def fit_fold(trainer: Trainer, fold: FoldSpec, data: DeviceData, labels: np.ndar
             scores = metrics.per_au_scores(labels[fold.test_index], metrics.decisions(probabilities, cfg.threshold),
                                            cfg.min_support)
             held_out_f1 = metrics.mean_f1(scores)
+            score = -1.0 if held_out_f1 is None else held_out_f1
+            improved = all(score > (-1.0 if h["held_out_mean_f1"] is None else h["held_out_mean_f1"])
+                           for h in history)
             record = {"epoch": epoch + 1, "step": step, "loss": epoch_loss, "held_out_mean_f1": held_out_f1,
                       "images_per_second": len(losses) * cfg.batch_size / seconds}
             history.append(record)
@@ -307,8 +310,8 @@ def fit_fold(trainer: Trainer, fold: FoldSpec, data: DeviceData, labels: np.ndar
             if jax.process_index() == 0:  # before the checkpoint: a resume drops records newer than its step
                 files.write_json(history_path, history)
             latest.save(step, args=ocp.args.StandardSave(state))
-            best.save(step, args=ocp.args.StandardSave(state),
-                      metrics={"mean_f1": -1.0 if held_out_f1 is None else held_out_f1})
+            if improved:  # an epoch that is not better would be deleted by the manager at once
+                best.save(step, args=ocp.args.StandardSave(state), metrics={"mean_f1": score})
             _stop_if_requested(stop, latest, fold, step)
     finally:
         latest.close()  # waits for pending saves

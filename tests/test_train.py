@@ -155,7 +155,10 @@ def test_training_learns_the_synthetic_aus_on_held_out_subjects(tmp_path):
     trainer = train.Trainer(model_lib.create_model("tiny"), cfg, mesh)
     fold = train.FoldSpec(0, "H", np.arange(len(seen)), np.arange(len(seen), len(both)))
     data = train.put_on_devices(both, mesh)
-    variables, _ = train.fit_fold(trainer, fold, data, both.labels, str(tmp_path), train.StopRequested())
+    variables, history = train.fit_fold(trainer, fold, data, both.labels, str(tmp_path), train.StopRequested())
+    # best/ keeps the first epoch of the highest held-out mean F1 (saved only when the score improves)
+    first_best = max(history, key=lambda h: -1.0 if h["held_out_mean_f1"] is None else h["held_out_mean_f1"])
+    assert ocp.CheckpointManager(os.path.abspath(tmp_path / "best")).all_steps() == [first_best["step"]]
     labels = both.labels[fold.test_index]
     learned = metrics.mean_f1(metrics.per_au_scores(labels, metrics.decisions(
         trainer.predict(variables, data, fold.test_index), cfg.threshold), cfg.min_support))
