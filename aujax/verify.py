@@ -25,7 +25,7 @@ OTHER_METRICS = ("mass_accuracy", "rank_accuracy", "pointing_game", "top_k_inter
 
 
 @functools.lru_cache(maxsize=None)
-def _explain_and_score_fn(composite: str, epsilon: float):
+def explain_and_score_fn(composite: str, epsilon: float):
     """jitted `(canonical, images uint8 (b,112,112,3), landmarks (b,68,2)) -> (probabilities (b,8), scores)`."""
     explain_fn = lrp.make_explain_fn(composite, epsilon)
 
@@ -43,7 +43,7 @@ def explain_records(canonical: dict, records: records_lib.FaceRecords, composite
 
     The last batch is padded by repetition so that one compiled function serves all batches.
     """
-    fn = _explain_and_score_fn(composite, epsilon)
+    fn = explain_and_score_fn(composite, epsilon)
     probabilities, parts = [], []
     for start in range(0, len(records), batch_size):
         index = np.resize(np.arange(start, min(start + batch_size, len(records))), batch_size)
