@@ -77,3 +77,20 @@ def test_explain_image_bad_inputs(trained_run, tmp_path):
 def test_explain_without_a_trained_run(tmp_path):
     _assert_clean_error(_main(f"--workdir={tmp_path}", "--mode=explain", *TINY_RUN), "have not finished",
                         "--mode=train")
+
+
+def test_relevance_budget_of_a_trained_run(trained_run):
+    import subprocess
+    import sys
+
+    workdir, _ = trained_run
+    command = [sys.executable, "-m", "experiments.relevance_budget", f"--workdir={workdir}", "--images=4"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    budget = json.loads((workdir / "results" / "relevance_budget_paper.json").read_text())
+    shares = budget["shares"]
+    assert {"stem_conv", "max_pool", "stage1_block1/conv1", "stage4_block2/add", "head", "total"} <= set(shares)
+    for key in ("dropped_share", "absorbed_share"):
+        assert shares["total"][key] == pytest.approx(sum(s[key] for name, s in shares.items() if name != "total"))
+        assert all(s[key] >= 0 for s in shares.values())
+    assert budget["images"] == 4 and "| head |" in result.stdout
