@@ -33,7 +33,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STOPPED = re.compile(r"stopped by request in fold (\S+) at step (\d+)")
 _FALLBACK = "cannot be restored"
-_VOLATILE_KEYS = ("images_per_second",)  # measured, not computed: differs between any two runs
+_VOLATILE_KEYS = ("images_per_second", "seconds")  # measured, not computed: differ between any two runs
 _LAUNCHER_PREFIXES = ("SLURM_", "OMPI_", "TPU_WORKER", "JAX_COORDINATOR")
 
 
