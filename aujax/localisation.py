@@ -181,15 +181,28 @@ def _check_shapes(heatmap_shape, mask_shape) -> None:
                          f"{(n, num_aus, height, width)}")
 
 
-@functools.partial(jax.jit, static_argnames=("top_k",))
-def localisation_metrics(heatmaps, masks, top_k: int | None = None) -> LocalisationScores:
-    """Every metric for every (image, AU) pair, vmapped over images and AUs.
+def check_metric_names(names) -> tuple[str, ...]:
+    """`names` as a tuple; ValueError naming any that is not in `METRIC_NAMES` (or an empty selection)."""
+    names = tuple(names)
+    unknown = [name for name in names if name not in METRIC_NAMES]
+    if unknown or not names:
+        raise ValueError(f"localisation metrics {unknown or '()'}: expected some of {', '.join(METRIC_NAMES)}")
+    return names
+
+
+@functools.partial(jax.jit, static_argnames=("top_k", "names"))
+def localisation_metrics(heatmaps, masks, top_k: int | None = None,
+                         names: tuple[str, ...] = METRIC_NAMES) -> LocalisationScores:
+    """The metrics `names` for every (image, AU) pair, vmapped over images and AUs.
 
     heatmaps: (au, n, H, W) float pixel relevance, AUs in `facs.AU_IDS` order.
     masks: (n, au, H, W) bool AU regions.
     top_k: pixels for `top_k_intersection`, in [1, H·W]; None → `default_top_k(H, W)`.
-    Returns `LocalisationScores` of (n, au) arrays, NaN-free.
+    names: which of `METRIC_NAMES`; the others are not computed (XLA drops them), so μ alone skips the per-pair sort
+        that the rank-based metrics need (most of their cost).
+    Returns `LocalisationScores` of (n, au) arrays, NaN-free, keyed by `names`.
     """
+    names = check_metric_names(names)
     _check_shapes(heatmaps.shape, masks.shape)
     height, width = heatmaps.shape[2:]
     k = default_top_k(height, width) if top_k is None else top_k
@@ -197,7 +210,7 @@ def localisation_metrics(heatmaps, masks, top_k: int | None = None) -> Localisat
         raise ValueError(f"top_k={k} must lie in [1, {height * width}] for {height}x{width} heatmaps")
     score_aus = jax.vmap(functools.partial(_pair_scores, top_k=k))  # (au, H, W), (au, H, W)
     values, defined = jax.vmap(score_aus, in_axes=(1, 0))(heatmaps, masks)
-    return LocalisationScores(values, defined)
+    return LocalisationScores({name: values[name] for name in names}, {name: defined[name] for name in names})
 
 
 def _pad_images(array: np.ndarray, axis: int, size: int) -> np.ndarray:
@@ -209,7 +222,8 @@ def _pad_images(array: np.ndarray, axis: int, size: int) -> np.ndarray:
 
 
 def localisation_metrics_chunked(heatmaps: np.ndarray, masks: np.ndarray, chunk_size: int = 128,
-                                 top_k: int | None = None) -> LocalisationScores:
+                                 top_k: int | None = None,
+                                 names: tuple[str, ...] = METRIC_NAMES) -> LocalisationScores:
     """`localisation_metrics` over `chunk_size` images at a time, for datasets larger than device memory.
 
     heatmaps (au, n, H, W) and masks (n, au, H, W) stay on the host (numpy, memmaps work); results come back as
@@ -227,13 +241,13 @@ def localisation_metrics_chunked(heatmaps: np.ndarray, masks: np.ndarray, chunk_
         size = heatmap_chunk.shape[1]
         scores = localisation_metrics(_pad_images(np.asarray(heatmap_chunk), 1, chunk_size),
                                       _pad_images(np.asarray(masks[start:start + chunk_size]), 0, chunk_size),
-                                      top_k=top_k)
+                                      top_k=top_k, names=names)
         if pending is not None:  # fetch the previous chunk while this one runs
             parts.append(_fetch(*pending))
         pending = (scores, size)
     if pending is not None:
         parts.append(_fetch(*pending))
-    return _concatenate(parts, num_aus)
+    return _concatenate(parts, num_aus, check_metric_names(names))
 
 
 def _fetch(scores: LocalisationScores, size: int) -> LocalisationScores:
@@ -242,13 +256,14 @@ def _fetch(scores: LocalisationScores, size: int) -> LocalisationScores:
                               {name: d[:size] for name, d in defined.items()})
 
 
-def _concatenate(parts: list, num_aus: int) -> LocalisationScores:
+def _concatenate(parts: list, num_aus: int, names: tuple[str, ...]) -> LocalisationScores:
+    """The (n, au) scores of consecutive chunks as one `LocalisationScores` (numpy), keyed by `names`."""
     if not parts:
-        return LocalisationScores({name: np.zeros((0, num_aus), np.float32) for name in METRIC_NAMES},
-                                  {name: np.zeros((0, num_aus), bool) for name in METRIC_NAMES})
+        return LocalisationScores({name: np.zeros((0, num_aus), np.float32) for name in names},
+                                  {name: np.zeros((0, num_aus), bool) for name in names})
     return LocalisationScores(
-            {name: np.concatenate([part.values[name] for part in parts]) for name in METRIC_NAMES},
-            {name: np.concatenate([part.defined[name] for part in parts]) for name in METRIC_NAMES},
+            {name: np.concatenate([part.values[name] for part in parts]) for name in names},
+            {name: np.concatenate([part.defined[name] for part in parts]) for name in names},
     )
 
 
@@ -279,9 +294,9 @@ def _summarise_column(au: int, used_values: np.ndarray, n_excluded: int) -> AUSu
 
 
 def summarise_scores(scores: LocalisationScores, selected, au_ids=facs.AU_IDS) -> dict:
-    """`summarise_per_au` for every metric: {metric name: tuple of AUSummary}."""
+    """`summarise_per_au` for every metric in `scores`: {metric name: tuple of AUSummary}."""
     return {name: summarise_per_au(scores.values[name], selected, scores.defined[name], au_ids)
-            for name in METRIC_NAMES}
+            for name in scores.values}
 
 
 def summarise_per_subject(values, selected, defined, subjects, au_ids=facs.AU_IDS) -> dict:
@@ -301,16 +316,17 @@ def summarise_per_subject(values, selected, defined, subjects, au_ids=facs.AU_ID
     return summaries
 
 
-def pairs_per_second(heatmaps, masks, top_k: int | None = None, repeats: int = 5) -> float:
+def pairs_per_second(heatmaps, masks, top_k: int | None = None, repeats: int = 5,
+                     names: tuple[str, ...] = METRIC_NAMES) -> float:
     """(image, AU) pairs scored per second by `localisation_metrics` on these arrays, compilation excluded.
 
     Put heatmaps (au, n, H, W) and masks (n, au, H, W) on the device first (`jax.device_put`) to time the metrics
     alone, not the transfer.
     """
-    jax.block_until_ready(localisation_metrics(heatmaps, masks, top_k=top_k))
+    jax.block_until_ready(localisation_metrics(heatmaps, masks, top_k=top_k, names=names))
     start = time.perf_counter()
     for _ in range(repeats):
-        scores = localisation_metrics(heatmaps, masks, top_k=top_k)
+        scores = localisation_metrics(heatmaps, masks, top_k=top_k, names=names)
     jax.block_until_ready(scores)
     num_aus, n = heatmaps.shape[:2]
     return repeats * n * num_aus / (time.perf_counter() - start)

@@ -9,6 +9,7 @@ import ml_collections
 from absl import logging
 
 from aujax import files
+from aujax import localisation
 from aujax import model as model_lib
 from aujax import protocol
 from aujax import train
@@ -35,6 +36,12 @@ def check_settings(config) -> None:
     for composite in (config.explain.composite, *config.explain.compare):
         if composite not in COMPOSITES:
             raise ValueError(f"LRP composite {composite!r}: expected one of {', '.join(COMPOSITES)}")
+    try:
+        localisation.check_metric_names(config.explain.metrics)
+    except ValueError as e:
+        raise ValueError(f"--config.explain.metrics: {e}") from None
+    if "mu" not in config.explain.metrics:
+        raise ValueError(f"--config.explain.metrics={tuple(config.explain.metrics)}: must include 'mu' (Table 3)")
     devices = jax.device_count()
     if config.train.batch_size < 1 or config.train.batch_size % devices:
         raise ValueError(f"--batch_size={config.train.batch_size} must be a positive multiple of the number of "

@@ -20,30 +20,32 @@ from absl import logging
 from aujax import facs, files, localisation, lrp, metrics, regions, report
 from aujax.data import records as records_lib
 
-TABLE3_KEYS = ("mu", "n", "n_excluded", "mu_weighted")
 OTHER_METRICS = ("mass_accuracy", "rank_accuracy", "pointing_game", "top_k_intersection", "roc_auc")
 
 
 @functools.lru_cache(maxsize=None)
-def explain_and_score_fn(composite: str, epsilon: float):
-    """jitted `(canonical, images uint8 (b,112,112,3), landmarks (b,68,2)) -> (probabilities (b,8), scores)`."""
+def explain_and_score_fn(composite: str, epsilon: float, metrics: tuple[str, ...] = localisation.METRIC_NAMES):
+    """jitted `(canonical, images uint8 (b,112,112,3), landmarks (b,68,2)) -> (probabilities (b,8), scores)`,
+    scores holding the localisation `metrics`."""
     explain_fn = lrp.make_explain_fn(composite, epsilon)
 
     def explain_and_score(canonical, images, landmarks):
         logits, relevance = explain_fn(canonical, images.astype(jnp.float32) / 255.0)
-        scores = localisation.localisation_metrics(lrp.pixel_heatmaps(relevance), regions.au_region_masks(landmarks))
+        scores = localisation.localisation_metrics(lrp.pixel_heatmaps(relevance), regions.au_region_masks(landmarks),
+                                                   names=metrics)
         return jax.nn.sigmoid(logits), scores
 
     return jax.jit(explain_and_score)
 
 
 def explain_records(canonical: dict, records: records_lib.FaceRecords, composite: str, epsilon: float,
-                    batch_size: int) -> tuple[np.ndarray, localisation.LocalisationScores]:
+                    batch_size: int, metrics: tuple[str, ...] = localisation.METRIC_NAMES
+                    ) -> tuple[np.ndarray, localisation.LocalisationScores]:
     """Probabilities (n, 8) and localisation scores ((n, 8) per metric) of every image of `records`.
 
     The last batch is padded by repetition so that one compiled function serves all batches.
     """
-    fn = explain_and_score_fn(composite, epsilon)
+    fn = explain_and_score_fn(composite, epsilon, metrics)
     probabilities, parts = [], []
     for start in range(0, len(records), batch_size):
         index = np.resize(np.arange(start, min(start + batch_size, len(records))), batch_size)
@@ -51,8 +53,8 @@ def explain_records(canonical: dict, records: records_lib.FaceRecords, composite
         prob, scores = fn(canonical, records.image[index], records.landmarks[index])
         probabilities.append(np.asarray(prob)[:valid])
         parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:valid], scores))
-    values = {k: np.concatenate([p.values[k] for p in parts]) for k in localisation.METRIC_NAMES}
-    defined = {k: np.concatenate([p.defined[k] for p in parts]) for k in localisation.METRIC_NAMES}
+    values = {k: np.concatenate([p.values[k] for p in parts]) for k in metrics}
+    defined = {k: np.concatenate([p.defined[k] for p in parts]) for k in metrics}
     return np.concatenate(probabilities), localisation.LocalisationScores(values, defined)
 
 
@@ -96,7 +98,8 @@ def run_explain(config, workdir: str, roles: dict, variables: dict, best_subject
         for role, records in roles.items():
             subset = records.select(np.arange(min(len(records), cfg.max_images or len(records))))
             logging.info("explaining %s (%s role, %d images) with %s", records.name, role, len(subset), composite)
-            probabilities, scores = explain_records(canonical, subset, composite, cfg.epsilon, cfg.batch_size)
+            probabilities, scores = explain_records(canonical, subset, composite, cfg.epsilon, cfg.batch_size,
+                                                    tuple(cfg.metrics))
             by_composite[composite, role] = RoleResult(subset, probabilities, scores, config.model.threshold)
     if jax.process_index() != 0:
         return
@@ -108,11 +111,13 @@ def run_explain(config, workdir: str, roles: dict, variables: dict, best_subject
         [{"method": f"{by_composite[c, r].records.name} {c}", "scores": _scores_row(by_composite[c, r].summaries,
                                                                                   ("mu", "n"))}
          for c in composites for r in roles], ("mu", "n"))
-    report.write_table(
-        results_dir, "table3_all_metrics", f"Localisation metrics of the {cfg.composite} heatmaps (correctly "
-        "predicted AUs)",
-        [{"method": main[r].records.name, "scores": _scores_row(main[r].summaries, ("mu_weighted",) + OTHER_METRICS)}
-         for r in roles], ("mu_weighted",) + OTHER_METRICS + ("n_excluded",))
+    others = tuple(name for name in ("mu_weighted",) + OTHER_METRICS if name in cfg.metrics)
+    if others:
+        report.write_table(
+            results_dir, "table3_all_metrics", f"Localisation metrics of the {cfg.composite} heatmaps (correctly "
+            "predicted AUs)",
+            [{"method": main[r].records.name, "scores": _scores_row(main[r].summaries, others)} for r in roles],
+            others + ("n_excluded",))
     mu_f1 = report.write_table(
         results_dir, "table_mu_f1", f"μ beside F1 ({cfg.composite}, model of the best fold)",
         [row for r in roles for row in _mu_f1_rows(main[r], config.protocol.min_support)], ("value",))
@@ -229,7 +234,8 @@ def explain_image(config, workdir: str, image_path: str, checkpoint: str | None)
     logits, relevance = lrp.explain_with_logits(variables, crop.image[None] / 255.0, config.explain.composite,
                                                 config.explain.epsilon)
     heatmaps = np.asarray(lrp.pixel_heatmaps(relevance))[:, 0]
-    scores = localisation.localisation_metrics(heatmaps[:, None], regions.au_region_masks(crop.landmarks[None]))
+    scores = localisation.localisation_metrics(heatmaps[:, None], regions.au_region_masks(crop.landmarks[None]),
+                                               names=tuple(config.explain.metrics))
     probabilities = np.asarray(jax.nn.sigmoid(logits))[0]
     mu = np.where(np.asarray(scores.defined["mu"])[0], np.asarray(scores.values["mu"])[0], np.nan)
 

@@ -48,6 +48,13 @@ def test_bad_width_and_threshold(tmp_path):
     _assert_clean_error(_main(f"--workdir={tmp_path}", "--threshold=1.5"), "--threshold=1.5")
 
 
+def test_bad_localisation_metrics(tmp_path):
+    _assert_clean_error(_main(f"--workdir={tmp_path}", "--config.explain.metrics=('mu', 'accuracy')"),
+                        "--config.explain.metrics", "'accuracy'", "roc_auc")
+    _assert_clean_error(_main(f"--workdir={tmp_path}", "--config.explain.metrics=('roc_auc',)"),
+                        "--config.explain.metrics", "must include 'mu'")
+
+
 def test_workdir_of_another_configuration_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"seed": 123}))
     _assert_clean_error(_main(f"--workdir={tmp_path}"), "holds a run with other settings")

@@ -199,6 +199,24 @@ def test_per_subject_summaries_group_rows():
         localisation.summarise_per_subject(values, selected, defined, np.array(["s1", "s2"]), au_ids=(4,))
 
 
+def test_a_selection_of_metrics_computes_those_alone_with_the_same_values():
+    rng = np.random.default_rng(3)
+    heatmaps = rng.standard_normal((8, 3, 6, 6)).astype(np.float32)
+    masks = rng.random((3, 8, 6, 6)) < 0.4
+    everything = localisation.localisation_metrics(heatmaps, masks, top_k=4)
+    for names in (("mu",), ("roc_auc", "mu")):
+        chosen = localisation.localisation_metrics(heatmaps, masks, top_k=4, names=names)
+        assert set(chosen.values) == set(chosen.defined) == set(names)
+        for name in names:
+            np.testing.assert_array_equal(chosen.values[name], everything.values[name])
+            np.testing.assert_array_equal(chosen.defined[name], everything.defined[name])
+    chunked = localisation.localisation_metrics_chunked(heatmaps, masks, chunk_size=2, top_k=4, names=("mu",))
+    assert set(chunked.values) == {"mu"}
+    np.testing.assert_allclose(chunked.values["mu"], everything.values["mu"], rtol=1e-6)
+    with pytest.raises(ValueError, match="'accuracy'"):
+        localisation.localisation_metrics(heatmaps, masks, names=("mu", "accuracy"))
+
+
 def test_pairs_per_second_is_positive():
     heatmaps, masks = random_pairs(np.random.default_rng(3), num_aus=2, n=2, height=4, width=4)
     assert localisation.pairs_per_second(heatmaps, masks, repeats=2) > 0

@@ -94,3 +94,15 @@ def test_relevance_budget_of_a_trained_run(trained_run):
         assert shares["total"][key] == pytest.approx(sum(s[key] for name, s in shares.items() if name != "total"))
         assert all(s[key] >= 0 for s in shares.values())
     assert budget["images"] == 4 and "| head |" in result.stdout
+
+
+def test_explain_with_mu_alone_skips_the_other_metrics(trained_run, tmp_path):
+    workdir, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("results", "report.html"))
+    result = _main(f"--workdir={copy}", "--mode=explain", *TINY_RUN, "--config.explain.metrics=('mu',)")
+    assert result.returncode == 0, result.stderr[-5000:]
+    results = copy / "results"
+    assert (results / "table3_mu.csv").is_file() and (results / "table_mu_f1.csv").is_file()
+    assert not (results / "table3_all_metrics.csv").exists()
+    assert "Table 3" in result.stdout
