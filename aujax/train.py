@@ -298,9 +298,7 @@ def fit_fold(trainer: Trainer, fold: FoldSpec, data: DeviceData, labels: np.ndar
             scores = metrics.per_au_scores(labels[fold.test_index], metrics.decisions(probabilities, cfg.threshold),
                                            cfg.min_support)
             held_out_f1 = metrics.mean_f1(scores)
-            score = -1.0 if held_out_f1 is None else held_out_f1
-            improved = all(score > (-1.0 if h["held_out_mean_f1"] is None else h["held_out_mean_f1"])
-                           for h in history)
+            improved = all(_best_score(held_out_f1) > _best_score(h["held_out_mean_f1"]) for h in history)
             record = {"epoch": epoch + 1, "step": step, "loss": epoch_loss, "held_out_mean_f1": held_out_f1,
                       "images_per_second": len(losses) * cfg.batch_size / seconds}
             history.append(record)
@@ -311,12 +309,17 @@ def fit_fold(trainer: Trainer, fold: FoldSpec, data: DeviceData, labels: np.ndar
                 files.write_json(history_path, history)
             latest.save(step, args=ocp.args.StandardSave(state))
             if improved:  # an epoch that is not better would be deleted by the manager at once
-                best.save(step, args=ocp.args.StandardSave(state), metrics={"mean_f1": score})
+                best.save(step, args=ocp.args.StandardSave(state), metrics={"mean_f1": _best_score(held_out_f1)})
             _stop_if_requested(stop, latest, fold, step)
     finally:
         latest.close()  # waits for pending saves
         best.close()
     return {"params": state["params"], "batch_stats": state["batch_stats"]}, history
+
+
+def _best_score(held_out_f1: float | None) -> float:
+    """The held-out mean F1 that ranks checkpoints for best/; -1 where no AU could be scored."""
+    return -1.0 if held_out_f1 is None else held_out_f1
 
 
 def _stop_if_requested(stop: StopRequested, latest: ocp.CheckpointManager, fold: FoldSpec, step: int) -> None:

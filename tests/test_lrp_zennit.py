@@ -17,13 +17,13 @@ pytest.importorskip("torchvision", reason="torchvision is not installed (pip ins
 zennit = pytest.importorskip("zennit", reason="zennit is not installed (pip install -r tests/requirements.txt)")
 
 from PIL import Image  # noqa: E402
-from torch.nn.utils.fusion import fuse_conv_bn_eval  # noqa: E402
 from torchvision.models.resnet import BasicBlock  # noqa: E402
 from zennit import composites as zennit_composites  # noqa: E402
 from zennit.torchvision import ResNetBasicBlockCanonizer  # noqa: E402
 
 from aujax import facs, model  # noqa: E402
 from aujax.lrp import DEFAULT_EPSILON, canonize, make_explain_fn, pixel_heatmaps  # noqa: E402
+from experiments.benchmark import fold_batch_norm_torch  # noqa: E402
 from lrp_support import LRP_WIDTHS, randomized_variables, sample_images  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -71,27 +71,23 @@ def _load_conv_bn(conv, bn, params_conv, params_bn, stats_bn):
 
 
 def torch_model_with_folded_batch_norm(variables) -> TorchResNet18:
-    """Our weights in the torch model; every BatchNorm fused into its conv by torch, then replaced by Identity."""
+    """Our weights in the torch model; every BatchNorm fused into its conv by torch (`fuse_conv_bn_eval`, as the
+    benchmark does it for torchvision's resnet18), then replaced by Identity."""
     params, stats = variables["params"], variables["batch_stats"]
     net = TorchResNet18(LRP_WIDTHS).eval()
     _load_conv_bn(net.conv1, net.bn1, params["stem_conv"], params["stem_bn"], stats["stem_bn"])
-    net.conv1, net.bn1 = fuse_conv_bn_eval(net.conv1, net.bn1), torch.nn.Identity()
     for stage in range(4):
         for index, block in enumerate(getattr(net, f"layer{stage + 1}")):
             name = model.block_name(stage, index)
-            pairs = [("conv1", "bn1"), ("conv2", "bn2")]
-            for conv, bn in pairs:
+            for conv, bn in [("conv1", "bn1"), ("conv2", "bn2")]:
                 _load_conv_bn(getattr(block, conv), getattr(block, bn), params[name][conv], params[name][bn],
                               stats[name][bn])
-                setattr(block, conv, fuse_conv_bn_eval(getattr(block, conv), getattr(block, bn)))
-                setattr(block, bn, torch.nn.Identity())
             if block.downsample is not None:
                 _load_conv_bn(block.downsample[0], block.downsample[1], params[name]["proj_conv"],
                               params[name]["proj_bn"], stats[name]["proj_bn"])
-                block.downsample = torch.nn.Sequential(fuse_conv_bn_eval(block.downsample[0], block.downsample[1]))
     net.fc.weight.data, net.fc.bias.data = _tensor(np.transpose(params["head"]["kernel"])), _tensor(
             params["head"]["bias"])
-    return net
+    return fold_batch_norm_torch(net)
 
 
 def zennit_composite(name: str, images_nchw):

@@ -37,6 +37,7 @@ from absl import logging
 from PIL import Image, ImageOps
 
 from aujax import facs
+from aujax.data import available_cores
 from aujax.data import blendshapes as blendshapes_lib
 
 MODEL_PATH = os.path.join(os.path.dirname(__file__), "models", "face_landmarker.task")
@@ -340,11 +341,6 @@ def _crop_chunk(paths: list[str]) -> list[FaceCrop | FaceError]:
     return [_crop_or_error(_worker_cropper, path) for path in paths]
 
 
-def default_workers() -> int:
-    """CPU cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def crop_files(paths: list[str], workers: int | None = None, chunk_size: int = 8,
                **cropper_kwargs) -> Iterator[tuple[str, FaceCrop | FaceError]]:
     """(path, FaceCrop or FaceError) for each of `paths`, in input order.
@@ -356,7 +352,7 @@ def crop_files(paths: list[str], workers: int | None = None, chunk_size: int = 8
     cropper_kwargs: FaceCropper options (model_path, margin, face_choice, max_faces, max_pixels).
     """
     paths = list(paths)
-    workers = default_workers() if workers is None else workers
+    workers = available_cores() if workers is None else workers
     if workers <= 1 or len(paths) <= chunk_size:
         with FaceCropper(**cropper_kwargs) as cropper:
             for path in paths:

@@ -53,13 +53,12 @@ subject looks the same in all its images, and an image does not depend on how ma
 import concurrent.futures
 import contextlib
 import multiprocessing
-import os
 import zlib
 
 import numpy as np
 
 from aujax import facs
-from aujax.data import records
+from aujax.data import available_cores, records
 
 DOMAINS = ("posed", "wild")
 
@@ -420,11 +419,6 @@ def _check_arguments(num_subjects, images_per_subject, domain, seed, spurious_cu
         facs.au_column(spurious_cue_au)
     if not 0.0 <= spurious_cue_probability <= 1.0:
         raise ValueError(f"spurious_cue_probability must lie in [0, 1], got {spurious_cue_probability}")
-
-
-def available_cores() -> int:
-    """CPU cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @contextlib.contextmanager
