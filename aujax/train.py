@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from aujax import files
 from aujax import metrics
 from aujax import model as model_lib
-from aujax.data.records import FaceRecords
+from aujax.data.records import FaceRecords, padded_batches
 
 
 class NonFiniteLossError(RuntimeError):
@@ -129,11 +129,10 @@ def shard_index(index: np.ndarray, mesh: Mesh) -> jax.Array:
 def predict_probabilities(predict_fn, variables, data: DeviceData, index: np.ndarray, batch_size: int,
                           mesh: Mesh) -> np.ndarray:
     """Probabilities (len(index), 8) for the images at `index`, in batches padded to `batch_size`."""
-    index = np.asarray(index)
-    padded = np.resize(index, -(-len(index) // batch_size) * batch_size) if len(index) else index
-    outputs = [predict_fn(variables, data.images, shard_index(chunk, mesh))
-               for chunk in padded.reshape(-1, batch_size)]
-    return np.concatenate([np.asarray(o) for o in outputs])[: len(index)] if outputs else np.zeros((0, 8), np.float32)
+    outputs = [(predict_fn(variables, data.images, shard_index(batch, mesh)), valid)  # all dispatched, then fetched
+               for batch, valid in padded_batches(index, batch_size)]
+    return (np.concatenate([np.asarray(o)[:valid] for o, valid in outputs]) if outputs
+            else np.zeros((0, 8), np.float32))
 
 
 def epoch_order(train_index: np.ndarray, seed: int, fold: int, epoch: int, batch_size: int) -> np.ndarray:

@@ -43,13 +43,11 @@ def explain_records(canonical: dict, records: records_lib.FaceRecords, composite
                     ) -> tuple[np.ndarray, localisation.LocalisationScores]:
     """Probabilities (n, 8) and localisation scores ((n, 8) per metric) of every image of `records`.
 
-    The last batch is padded by repetition so that one compiled function serves all batches.
+    Batches come from `records.padded_batches`, so one compiled function serves all of them.
     """
     fn = explain_and_score_fn(composite, epsilon, metrics)
     probabilities, parts = [], []
-    for start in range(0, len(records), batch_size):
-        index = np.resize(np.arange(start, min(start + batch_size, len(records))), batch_size)
-        valid = min(batch_size, len(records) - start)
+    for index, valid in records_lib.padded_batches(np.arange(len(records)), batch_size):
         prob, scores = fn(canonical, records.image[index], records.landmarks[index])
         probabilities.append(np.asarray(prob)[:valid])
         parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:valid], scores))
@@ -168,10 +166,9 @@ def _pixel_heatmaps_of(canonical, images: np.ndarray, cfg) -> np.ndarray:
     `cfg.batch_size` so that one compiled function serves every call."""
     explain_fn = lrp.make_explain_fn(cfg.composite, cfg.epsilon)
     parts = []
-    for start in range(0, len(images), cfg.batch_size):
-        index = np.resize(np.arange(start, min(start + cfg.batch_size, len(images))), cfg.batch_size)
+    for index, valid in records_lib.padded_batches(np.arange(len(images)), cfg.batch_size):
         _, relevance = explain_fn(canonical, jnp.asarray(images[index], jnp.float32) / 255)
-        parts.append(np.asarray(lrp.pixel_heatmaps(relevance))[:, : min(cfg.batch_size, len(images) - start)])
+        parts.append(np.asarray(lrp.pixel_heatmaps(relevance))[:, :valid])
     return np.concatenate(parts, axis=1)
 
 

@@ -43,6 +43,14 @@ def test_optimizer_is_sgd_with_the_papers_learning_rate_and_momentum():
     np.testing.assert_allclose(u2["w"], -0.01 * (0.95 * g1 + g2), rtol=1e-6)
 
 
+def test_padded_batches_fill_the_last_batch_with_its_own_entries():
+    from aujax.data.records import padded_batches
+
+    batches = [(batch.tolist(), valid) for batch, valid in padded_batches([5, 6, 7, 8, 9], 2)]
+    assert batches == [([5, 6], 2), ([7, 8], 2), ([9, 9], 1)]
+    assert list(padded_batches([], 4)) == []
+
+
 def test_folds_never_share_a_subject_between_train_and_test():
     ck = patch_records(4, 3, seed=0, prefix="C")
     actor = patch_records(3, 5, seed=1, prefix="A")

@@ -19,6 +19,7 @@ when present).
 
 import dataclasses
 import os
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -102,3 +103,15 @@ def load(path: str) -> FaceRecords:
                                blendshapes=blendshapes)
     except (OSError, KeyError, ValueError) as e:
         raise ValueError(f"{path}: not an aujax face-records file ({e})") from e
+
+
+def padded_batches(index, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+    """(batch, valid) for consecutive `batch_size` slices of the record indices `index`.
+
+    The last batch is filled up by repeating its own entries, so that one compiled function serves every batch;
+    `valid` counts its real entries (outputs past it are dropped by the caller).
+    """
+    index = np.asarray(index)
+    for start in range(0, len(index), batch_size):
+        chunk = index[start:start + batch_size]
+        yield np.resize(chunk, batch_size), len(chunk)
