@@ -15,11 +15,18 @@ A `FaceRecords` holds n faces as numpy arrays:
 
 Saved and loaded as `.npz` without pickle (string columns are numpy unicode arrays; `blendshapes` is stored only
 when present).
+
+The image column need not be in memory: `load` memory-maps it, the synthetic generator can render rows when they are
+asked for, and a built TFDS dataset reads them by random access (`LazyImages`). Indexing it (`image[rows]`) reads
+just those rows, so a process of a multi-host run reads only the images its devices hold; `np.asarray(image)` reads
+all of them. Every other column is always in memory.
 """
 
 import dataclasses
 import os
-from collections.abc import Iterator
+import struct
+import zipfile
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -27,6 +34,39 @@ from aujax import facs
 from aujax.data import blendshapes as blendshapes_lib
 
 _ARRAY_FIELDS = ("image", "landmarks", "labels", "intensity", "subject", "source")
+_IMAGE_SHAPE = (facs.IMAGE_SIZE, facs.IMAGE_SIZE, 3)
+
+
+class LazyImages:
+    """An image column whose rows are read when indexed: uint8 (n, 112, 112, 3) for `shape`, `len` and indexing.
+
+    `read(rows)` gets a sorted int64 array of distinct row numbers and returns their images, uint8 (k, 112, 112, 3).
+    Indexing with an int, a slice, an integer array or a boolean mask returns a numpy array (one image for an int).
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, num_images: int, read: Callable[[np.ndarray], np.ndarray]):
+        self.shape = (num_images,) + _IMAGE_SHAPE
+        self._read = read
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        rows = np.arange(self.shape[0])[index]
+        distinct, position = np.unique(np.atleast_1d(rows), return_inverse=True)
+        images = self._read(distinct) if len(distinct) else np.zeros((0,) + _IMAGE_SHAPE, np.uint8)
+        return images[position.reshape(rows.shape)]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        images = self[:]
+        return images if dtype is None else images.astype(dtype)
+
+
+def _in_memory(image) -> bool:
+    return type(image) is np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,20 +129,72 @@ class FaceRecords:
 
 
 def concatenate(parts: list[FaceRecords], name: str) -> FaceRecords:
-    """One `FaceRecords` holding all of `parts` in order; blendshapes only if every part has them."""
-    fields = _ARRAY_FIELDS + (("blendshapes",) if all(p.blendshapes is not None for p in parts) else ())
-    return FaceRecords(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in fields}, name=name)
+    """One `FaceRecords` holding all of `parts` in order; blendshapes only if every part has them.
+
+    Images that are not all in memory stay where they are: the result's image column reads from the parts.
+    """
+    fields = _ARRAY_FIELDS[1:] + (("blendshapes",) if all(p.blendshapes is not None for p in parts) else ())
+    images = [p.image for p in parts]
+    image = np.concatenate(images) if all(map(_in_memory, images)) else _concatenated_images(images)
+    return FaceRecords(image=image, **{f: np.concatenate([getattr(p, f) for p in parts]) for f in fields}, name=name)
+
+
+def _concatenated_images(images: list) -> LazyImages:
+    ends = np.cumsum([len(i) for i in images])
+
+    def read(rows: np.ndarray) -> np.ndarray:
+        part = np.searchsorted(ends, rows, side="right")
+        out = np.empty((len(rows),) + _IMAGE_SHAPE, np.uint8)
+        for k in np.unique(part):
+            mine = part == k
+            out[mine] = images[k][rows[mine] - (ends[k] - len(images[k]))]
+        return out
+
+    return LazyImages(int(ends[-1]) if len(ends) else 0, read)
 
 
 def load(path: str) -> FaceRecords:
-    """Read records written by `FaceRecords.save`; a clear error names the file if it is not one."""
+    """Read records written by `FaceRecords.save`; a clear error names the file if it is not one.
+
+    The images stay on disk, memory-mapped (read when indexed), where the file stores them uncompressed (as `save`
+    does); a compressed file (`np.savez_compressed`) is read whole.
+    """
     try:
         with np.load(path, allow_pickle=False) as data:
             blendshapes = data["blendshapes"] if "blendshapes" in data.files else None
-            return FaceRecords(**{f: data[f] for f in _ARRAY_FIELDS}, name=str(data["name"]),
+            image = _mapped_member(path, "image")
+            return FaceRecords(image=data["image"] if image is None else image,
+                               **{f: data[f] for f in _ARRAY_FIELDS[1:]}, name=str(data["name"]),
                                blendshapes=blendshapes)
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path}: not an aujax face-records file ({e})") from e
+
+
+def _mapped_member(path: str, member: str) -> np.memmap | None:
+    """The array `member` of the .npz at `path`, memory-mapped; None where it is stored compressed.
+
+    An uncompressed .npz member is a .npy file at a fixed place in the zip archive: after the member's local header
+    (30 bytes, then its name and extra field) come the .npy header and the raw array.
+    """
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{member}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+        if header[:4] != b"PK\x03\x04":
+            raise ValueError(f"damaged zip entry {member}.npy")
+        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        f.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+        offset = f.tell()
+    if not shape or not np.prod(shape):
+        return None  # np.memmap cannot map zero bytes
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
 
 
 def padded_batches(index, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:

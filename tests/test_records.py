@@ -1,0 +1,87 @@
+"""Tests of aujax.data.records: image columns that are read by row (memory-mapped .npz, `LazyImages`, concatenations
+of them), so that a process reads only the images it asks for."""
+
+import numpy as np
+import pytest
+
+from aujax.data import records
+from tests.conftest import patch_records
+
+
+class CountingReader:
+    """A `LazyImages` reader over in-memory images that records every call's rows."""
+
+    def __init__(self, images: np.ndarray):
+        self.images, self.calls = images, []
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        self.calls.append(rows.tolist())
+        return self.images[rows]
+
+
+def lazy_copy(faces: records.FaceRecords) -> tuple[records.FaceRecords, CountingReader]:
+    reader = CountingReader(faces.image)
+    return records.FaceRecords(records.LazyImages(len(faces), reader), faces.landmarks, faces.labels, faces.intensity,
+                               faces.subject, faces.source, faces.name), reader
+
+
+@pytest.mark.parametrize("index", [3, slice(2, 7), slice(None, None, -2), np.array([4, 0, 4, 9]),
+                                   np.arange(10) % 3 == 0, np.array([], int)])
+def test_lazy_images_index_like_the_array_and_read_each_row_once(index):
+    faces = patch_records(2, 5, seed=0, prefix="A")
+    lazy, reader = lazy_copy(faces)
+    np.testing.assert_array_equal(lazy.image[index], faces.image[index])
+    wanted = np.unique(np.arange(10)[index])
+    assert reader.calls == ([wanted.tolist()] if len(wanted) else [])
+
+
+def test_lazy_images_become_arrays_on_demand_and_select_reads_only_the_selection(tmp_path):
+    faces = patch_records(2, 5, seed=0, prefix="A")
+    lazy, reader = lazy_copy(faces)
+    assert lazy.image.shape == faces.image.shape and lazy.image.dtype == np.uint8 and len(lazy.image) == 10
+    np.testing.assert_array_equal(lazy.select(np.array([7, 2])).image, faces.image[[7, 2]])
+    assert reader.calls == [[2, 7]]
+    np.testing.assert_array_equal(np.asarray(lazy.image), faces.image)
+    lazy.save(str(tmp_path / "saved.npz"))
+    np.testing.assert_array_equal(records.load(str(tmp_path / "saved.npz")).image, faces.image)
+
+
+def test_concatenation_of_lazy_parts_reads_each_part_only_for_its_rows():
+    first, second = patch_records(2, 3, seed=0, prefix="A"), patch_records(1, 4, seed=1, prefix="B")
+    lazy_first, first_reader = lazy_copy(first)
+    lazy_second, second_reader = lazy_copy(second)
+    both = records.concatenate([lazy_first, lazy_second], "both")
+    eager = records.concatenate([first, second], "both")
+    assert isinstance(eager.image, np.ndarray) and isinstance(both.image, records.LazyImages)
+    np.testing.assert_array_equal(both.image[[8, 1, 6]], eager.image[[8, 1, 6]])
+    assert first_reader.calls == [[1]] and second_reader.calls == [[0, 2]]
+    np.testing.assert_array_equal(both.labels, eager.labels)
+    np.testing.assert_array_equal(both.image[5:7], eager.image[5:7])
+
+
+def test_load_maps_the_images_of_an_uncompressed_file_and_reads_a_compressed_one_whole(tmp_path):
+    faces = patch_records(3, 4, seed=2, prefix="A")
+    faces.save(str(tmp_path / "plain.npz"))
+    mapped = records.load(str(tmp_path / "plain.npz"))
+    assert isinstance(mapped.image, np.memmap)
+    np.testing.assert_array_equal(mapped.image[[11, 0, 5]], faces.image[[11, 0, 5]])
+    np.testing.assert_array_equal(mapped.landmarks, faces.landmarks)
+
+    arrays = {"name": np.array(faces.name), "image": faces.image, "landmarks": faces.landmarks,
+              "labels": faces.labels, "intensity": faces.intensity, "subject": faces.subject, "source": faces.source}
+    np.savez_compressed(tmp_path / "compressed.npz", **arrays)
+    compressed = records.load(str(tmp_path / "compressed.npz"))
+    assert type(compressed.image) is np.ndarray
+    np.testing.assert_array_equal(compressed.image, faces.image)
+
+
+def test_a_file_that_is_not_records_is_named_in_the_error(tmp_path):
+    damaged = tmp_path / "damaged.npz"
+    faces = patch_records(1, 2, seed=0, prefix="A")
+    faces.save(str(damaged))
+    damaged.write_bytes(damaged.read_bytes()[:2000])
+    with pytest.raises(ValueError, match=r"damaged\.npz: not an aujax face-records file"):
+        records.load(str(damaged))
+    (tmp_path / "text.npz").write_text("no zip")
+    with pytest.raises(ValueError, match=r"text\.npz: not an aujax face-records file"):
+        records.load(str(tmp_path / "text.npz"))
