@@ -214,4 +214,4 @@ def test_builds_without_mediapipe_blendshapes_load_none(astronaut_tree, tmp_path
 
     monkeypatch.setattr(builders.FaceConfig, "has_blendshapes", property(lambda config: False))
     older = build_and_load(root, tmp_path / "older", landmarks="mediapipe")
-    assert len(older) == 2 and older.blendshapes is None and older.image.std() > 10
+    assert len(older) == 2 and older.blendshapes is None and np.asarray(older.image).std() > 10

@@ -46,6 +46,23 @@ def test_worker_processes_render_the_same_records_as_one_process():
         np.testing.assert_array_equal(getattr(serial, field), getattr(parallel, field))
 
 
+def test_images_on_demand_are_the_same_and_only_the_rows_read_are_rendered_once(monkeypatch):
+    eager = synthetic.generate(3, 6, "wild", seed=4, spurious_cue_au=4, workers=1)
+    rendered = []
+    render_task = synthetic._render_task
+    monkeypatch.setattr(synthetic, "_render_task", lambda subjects, keys, *settings: (
+        rendered.extend(keys), render_task(subjects, keys, *settings))[1])
+    lazy = synthetic.generate(3, 6, "wild", seed=4, spurious_cue_au=4, workers=1, images_on_demand=True)
+    assert rendered == [] and isinstance(lazy.image, records.LazyImages)
+    for field in ("landmarks", "labels", "intensity", "subject", "source"):  # known without rendering
+        np.testing.assert_array_equal(getattr(lazy, field), getattr(eager, field))
+    np.testing.assert_array_equal(lazy.image[[13, 2, 13]], eager.image[[13, 2, 13]])
+    assert rendered == [(0, 2), (2, 1)]  # (subject, image) of rows 2 and 13
+    np.testing.assert_array_equal(lazy.image[1:4], eager.image[1:4])
+    assert rendered == [(0, 2), (2, 1), (0, 1), (0, 3)]  # row 2 is kept, not rendered again
+    np.testing.assert_array_equal(np.asarray(lazy.image), eager.image)
+
+
 def test_records_follow_the_contract():
     faces = synthetic.generate(3, 4, "posed", seed=2, subject_prefix="A", name="toy")
     assert isinstance(faces, records.FaceRecords) and len(faces) == 12 and faces.name == "toy"

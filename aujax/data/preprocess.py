@@ -128,6 +128,9 @@ def preprocess(dataset: str, manual_dir: str | None, data_dir: str, report_path:
 def load_records(dataset: str, data_dir: str, **options) -> records.FaceRecords:
     """The built `dataset` under `data_dir` as `FaceRecords` (name = dataset), sorted by source.
 
+    Every record is read once for the labels, landmarks and ids; the images are read by random access when their rows
+    are indexed (`records.LazyImages`), so they are not all held in memory.
+
     With options, the dataset built with those options; without, the default build, or the only one there is.
     `blendshapes` is float32 (n, 52) when the build stored them (landmarks="mediapipe"), None when it has no such
     feature (landmarks="dataset", synthetic_faces, or a build older than the feature).
@@ -140,16 +143,24 @@ def load_records(dataset: str, data_dir: str, **options) -> records.FaceRecords:
     builder = tfds.builder_from_directory(_built_path(dataset, data_dir, options))
     has_blendshapes = builders.BLENDSHAPE_FEATURE in builder.info.features
     source = builder.as_data_source(split="train")
-    examples = [example for start in range(0, len(source), _READ_CHUNK)
+    fields = ["landmarks", "labels", "intensity", "subject", "source"] + \
+        ([builders.BLENDSHAPE_FEATURE] if has_blendshapes else [])
+    examples = [{field: example[field] for field in fields}  # the images are dropped here and read again by row
+                for start in range(0, len(source), _READ_CHUNK)
                 for example in source.__getitems__(range(start, min(start + _READ_CHUNK, len(source))))]
-    examples.sort(key=lambda example: example["source"])
-    blendshape_scores = _stack(examples, builders.BLENDSHAPE_FEATURE, np.float32) if has_blendshapes else None
-    return records.FaceRecords(image=_stack(examples, "image", np.uint8),
+    order = np.argsort(_texts(examples, "source"), kind="stable")
+    examples = [examples[i] for i in order]
+
+    def read_images(rows: np.ndarray) -> np.ndarray:
+        return _stack(source.__getitems__([int(i) for i in order[rows]]), "image", np.uint8)
+
+    return records.FaceRecords(image=records.LazyImages(len(examples), read_images),
                                landmarks=_stack(examples, "landmarks", np.float32),
                                labels=_stack(examples, "labels", np.uint8),
                                intensity=_stack(examples, "intensity", np.float32),
                                subject=_texts(examples, "subject"), source=_texts(examples, "source"), name=dataset,
-                               blendshapes=blendshape_scores)
+                               blendshapes=_stack(examples, builders.BLENDSHAPE_FEATURE, np.float32)
+                               if has_blendshapes else None)
 
 
 def _stack(examples: list[dict], field: str, dtype) -> np.ndarray:

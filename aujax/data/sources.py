@@ -34,7 +34,10 @@ def load_role(role: str, spec: str, config) -> records.FaceRecords:
 
 
 def synthetic_role(role: str, synthetic_config) -> records.FaceRecords:
-    """The synthetic stand-in for `role`; the spurious cue, when asked for, goes into the training roles only."""
+    """The synthetic stand-in for `role`; the spurious cue, when asked for, goes into the training roles only.
+
+    Its images are rendered when first read, so a process renders only those its devices hold (and the ones it
+    explains)."""
     from aujax.data import synthetic
 
     sizes = synthetic_config[role]
@@ -43,4 +46,4 @@ def synthetic_role(role: str, synthetic_config) -> records.FaceRecords:
         num_subjects=sizes.num_subjects, images_per_subject=sizes.images_per_subject, domain=sizes.domain,
         seed=synthetic_config.seed * 1000 + ROLES.index(role), subject_prefix=_SUBJECT_PREFIX[role],
         spurious_cue_au=cue_au or None, spurious_cue_probability=synthetic_config.spurious_cue_probability,
-        name=f"synthetic_{role}")
+        name=f"synthetic_{role}", images_on_demand=True)

@@ -212,37 +212,33 @@ _YCC_TO_RGB = np.linalg.inv(_RGB_TO_YCC).astype(np.float32)
 def generate(num_subjects: int, images_per_subject: int, domain: str = "posed", seed: int = 0,
              subject_prefix: str = "S", spurious_cue_au: int | None = None,
              spurious_cue_probability: float = 0.9, name: str = "synthetic",
-             workers: int | None = None) -> records.FaceRecords:
+             workers: int | None = None, images_on_demand: bool = False) -> records.FaceRecords:
     """`num_subjects * images_per_subject` synthetic faces, subject after subject.
 
     Subject ids are f"{subject_prefix}{k:03d}", sources f"synthetic:{domain}:seed{seed}:{subject}:{j:04d}".
     With `spurious_cue_au=a`, an image showing AU a carries the cue (a white square with a black rim in the
     top-left corner) with probability `spurious_cue_probability`; images without AU a never do.
-    workers: processes that render (None: one per CPU core for sets of `_PARALLEL_FROM` images or more, else 1).
+    workers: processes that render (None: one per CPU core for `_PARALLEL_FROM` images or more at once, else 1).
     The images do not depend on it (each is drawn from its own generator).
+    images_on_demand: the image column (`records.LazyImages`) renders the rows that are read, and keeps them, instead
+    of rendering every image now; labels, intensities and landmarks need no rendering and are there at once.
     """
     _check_arguments(num_subjects, images_per_subject, domain, seed, spurious_cue_au, spurious_cue_probability)
     subjects = sample_subjects(num_subjects, seed, domain, subject_prefix)
     subject_index = np.repeat(np.arange(num_subjects), images_per_subject)
     image_index = np.tile(np.arange(images_per_subject), num_subjects)
+    image_subjects = select(subjects, subject_index)
+    labels, intensity, pose = _labels_and_poses(
+        [_image_rng(seed, domain, subject_prefix, k, j) for k, j in zip(subject_index, image_index)], domain)
+    renderer = _Renderer(image_subjects, list(zip(subject_index, image_index)), seed, domain, subject_prefix,
+                         spurious_cue_au, spurious_cue_probability, workers)
     n = len(subject_index)
-    images = np.empty((n, _SIZE, _SIZE, 3), np.uint8)
-    landmarks = np.empty((n, facs.NUM_LANDMARKS, 2), np.float32)
-    labels = np.empty((n, facs.NUM_AUS), np.uint8)
-    intensity = np.empty((n, facs.NUM_AUS), np.float32)
-    if workers is None:
-        workers = available_cores() if n >= _PARALLEL_FROM else 1
-    step = _CHUNK * _CHUNKS_PER_TASK if workers > 1 else _CHUNK
-    parts = [slice(start, start + step) for start in range(0, n, step)]
-    tasks = [(select(subjects, subject_index[part]), list(zip(subject_index[part], image_index[part])), seed, domain,
-              subject_prefix, spurious_cue_au, spurious_cue_probability) for part in parts]
-    with _task_runner(min(workers, len(tasks))) as run:
-        for part, outputs in zip(parts, run(_render_task, tasks)):
-            images[part], landmarks[part], labels[part], intensity[part] = outputs
     subject_ids = np.array([f"{subject_prefix}{k:03d}" for k in range(num_subjects)])[subject_index]
     sources = np.array([f"synthetic:{domain}:seed{seed}:{s}:{j:04d}" for s, j in zip(subject_ids, image_index)])
-    return records.FaceRecords(image=images, landmarks=landmarks, labels=labels, intensity=intensity,
-                               subject=subject_ids, source=sources, name=name)
+    return records.FaceRecords(
+        image=records.LazyImages(n, _kept(renderer.render, n)) if images_on_demand else renderer.render(np.arange(n)),
+        landmarks=face_landmarks(image_subjects, intensity, pose), labels=labels, intensity=intensity,
+        subject=subject_ids, source=sources, name=name)
 
 
 def sample_subjects(num_subjects: int, seed: int = 0, domain: str = "posed",
@@ -318,7 +314,17 @@ def render(subjects: dict[str, np.ndarray], intensity: np.ndarray, pose: dict[st
     image = _blur(image, scene["blur_sigma"])
     image = _add_noise(image, scene["noise_bytes"], scene["noise_sigma"])
     image = _jpeg_like(image, scene["jpeg_quality"])
-    return _to_uint8(image), (landmarks + 0.5).astype(np.float32)  # to aujax's pixel convention (see docstring)
+    return _to_uint8(image), _pixel_convention(landmarks)
+
+
+def face_landmarks(subjects: dict[str, np.ndarray], intensity: np.ndarray, pose: dict[str, np.ndarray]) -> np.ndarray:
+    """The landmarks `render` returns for these faces, without rendering: float32 (n, 68, 2) (x, y) pixels."""
+    return _pixel_convention(_apply_affine(_pose_matrices(pose), canonical_landmarks(face_geometry(subjects,
+                                                                                                    intensity))))
+
+
+def _pixel_convention(landmarks: np.ndarray) -> np.ndarray:
+    return (landmarks + 0.5).astype(np.float32)  # drawn at integer pixel centres; aujax's convention: see docstring
 
 
 def select(params: dict[str, np.ndarray], index) -> dict[str, np.ndarray]:
@@ -431,26 +437,67 @@ def _task_runner(workers: int):
         yield lambda fn, tasks: pool.map(fn, *zip(*tasks))
 
 
+class _Renderer:
+    """Renders the images of `keys` [(subject, image), ...] (subject parameters per image in `subjects`)."""
+
+    def __init__(self, subjects, keys, seed, domain, subject_prefix, spurious_cue_au, spurious_cue_probability,
+                 workers):
+        self.subjects, self.keys, self.workers = subjects, keys, workers
+        self.settings = (seed, domain, subject_prefix, spurious_cue_au, spurious_cue_probability)
+
+    def render(self, rows: np.ndarray) -> np.ndarray:
+        """Images uint8 (len(rows), 112, 112, 3) of the images at `rows`."""
+        images = np.empty((len(rows), _SIZE, _SIZE, 3), np.uint8)
+        workers = self.workers or (available_cores() if len(rows) >= _PARALLEL_FROM else 1)
+        step = _CHUNK * _CHUNKS_PER_TASK if workers > 1 else _CHUNK
+        parts = [slice(start, start + step) for start in range(0, len(rows), step)]
+        tasks = [(select(self.subjects, rows[part]), [self.keys[i] for i in rows[part]], *self.settings)
+                 for part in parts]
+        with _task_runner(min(workers, len(tasks))) as run:
+            for part, chunk in zip(parts, run(_render_task, tasks)):
+                images[part] = chunk
+        return images
+
+
+def _kept(render, num_images: int):
+    """`render` that renders each row once: rows rendered before are returned from memory."""
+    kept = np.zeros(num_images, bool)
+    images = np.zeros((num_images, _SIZE, _SIZE, 3), np.uint8)  # pages of rows never rendered are never touched
+
+    def read(rows: np.ndarray) -> np.ndarray:
+        missing = rows[~kept[rows]]
+        if len(missing):
+            images[missing] = render(missing)
+            kept[missing] = True
+        return images[rows]
+
+    return read
+
+
 def _render_task(subjects, keys, seed, domain, subject_prefix, spurious_cue_au, spurious_cue_probability):
-    """Images, landmarks, labels and intensity of the images `keys` [(subject, image), ...], in chunks of _CHUNK."""
+    """Images of `keys` [(subject, image), ...], rendered in chunks of _CHUNK."""
     parts = []
     for start in range(0, len(keys), _CHUNK):
         rngs = [_image_rng(seed, domain, subject_prefix, k, j) for k, j in keys[start:start + _CHUNK]]
-        parts.append(_generate_chunk(select(subjects, slice(start, start + _CHUNK)), rngs, domain, spurious_cue_au,
-                                     spurious_cue_probability))
-    return tuple(np.concatenate(column) for column in zip(*parts))
+        parts.append(_render_chunk(select(subjects, slice(start, start + _CHUNK)), rngs, domain, spurious_cue_au,
+                                   spurious_cue_probability))
+    return np.concatenate(parts)
 
 
-def _generate_chunk(subjects, rngs, domain, spurious_cue_au, spurious_cue_probability):
-    """Labels, pose and scene from each image's generator, then the render: images, landmarks, labels, intensity."""
+def _labels_and_poses(rngs, domain):
+    """Labels (n, 8), intensity (n, 8) and pose from each image's generator (the first things drawn from it)."""
     labels, intensity = (np.stack(column) for column in zip(*(sample_labels(rng) for rng in rngs)))
-    pose = sample_poses(rngs, domain)
+    return labels, intensity, sample_poses(rngs, domain)
+
+
+def _render_chunk(subjects, rngs, domain, spurious_cue_au, spurious_cue_probability):
+    """Labels, pose and scene from each image's generator, then the render: images uint8 (n, 112, 112, 3)."""
+    labels, intensity, pose = _labels_and_poses(rngs, domain)
     scene = sample_scenes(rngs, domain)
     if spurious_cue_au is not None:
         shows_au = labels[:, facs.au_column(spurious_cue_au)] == 1
         scene["cue"] = shows_au & (scene["cue_draw"] < spurious_cue_probability)
-    images, landmarks = render(subjects, intensity, pose, scene)
-    return images, landmarks, labels, intensity
+    return render(subjects, intensity, pose, scene)[0]
 
 
 def _key(seed, domain, subject_prefix, subject) -> list[int]:
