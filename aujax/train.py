@@ -3,8 +3,10 @@ device-resident dataset, orbax checkpoints with exact resume.
 
 The training state is a plain dict `{'params', 'batch_stats', 'opt_state', 'step', 'epoch_loss_sum'}` (a pytree; the
 loss sum of the epoch so far is part of it so that a resumed epoch reports the same loss), replicated over a
-one-axis mesh `('data',)` of all devices of all hosts. Images stay on the devices as uint8; a step receives only the
-global batch's indices (sharded over 'data'), gathers its images there and converts them to float32 in [0, 1]. Under
+one-axis mesh `('data',)` of all devices of all hosts. Images stay on the devices as uint8, split into equal blocks of
+rows, one per device, and each process reads only the rows of its own devices (`put_on_devices`). A step receives
+only the global batch's indices; every device takes the batch images that lie in its block and a reduce-scatter
+over 'data' hands each device its part of the batch (`gather_batch`), converted to float32 in [0, 1]. Under
 `jax.jit` the batch-norm statistics are means over the whole global batch, so they are the same on every device.
 
 The data order of epoch e of fold f is a permutation drawn from `(seed, fold, e)`, so a run that is stopped and resumed
@@ -67,15 +69,38 @@ def make_mesh() -> Mesh:
 
 @dataclasses.dataclass(frozen=True)
 class DeviceData:
-    """A dataset held on the devices: images uint8 (N, 112, 112, 3) and labels uint8 (N, 8), replicated."""
+    """A dataset held on the devices.
+
+    images: uint8 (rows_per_device * devices, 112, 112, 3), sharded over 'data' in blocks of `rows_per_device` rows;
+      the rows past the dataset's end are zeros.
+    labels: uint8 (N, 8), replicated.
+    """
 
     images: jax.Array
     labels: jax.Array
 
 
 def put_on_devices(records: FaceRecords, mesh: Mesh) -> DeviceData:
-    replicated = NamedSharding(mesh, P())
-    return DeviceData(jax.device_put(records.image, replicated), jax.device_put(records.labels, replicated))
+    """The images in row blocks over the devices of `mesh`, read by each process for its own devices only."""
+    num_images = len(records)
+    rows_per_device = max(1, -(-num_images // mesh.size))
+    shape = (rows_per_device * mesh.size,) + records.image.shape[1:]
+    sharding = NamedSharding(mesh, P("data"))
+    blocks = [range(*index[0].indices(shape[0])) for index in sharding.addressable_devices_indices_map(shape).values()]
+    rows = np.unique(np.concatenate([np.arange(b.start, min(b.stop, num_images)) for b in blocks]))
+    held = records.image[rows]  # the one read of this process
+    logging.info("%s: process %d holds %d of %d images on %d of %d devices (%d per device)", records.name,
+                 jax.process_index(), len(rows), num_images, len(blocks), mesh.size, rows_per_device)
+
+    def block(index) -> np.ndarray:
+        wanted = np.arange(*index[0].indices(shape[0]))
+        images = np.zeros((len(wanted),) + shape[1:], np.uint8)
+        real = wanted < num_images
+        images[real] = held[np.searchsorted(rows, wanted[real])]
+        return images
+
+    return DeviceData(jax.make_array_from_callback(shape, sharding, block),
+                      jax.device_put(records.labels, NamedSharding(mesh, P())))
 
 
 def init_state(model, optimizer, rng: jax.Array, mesh: Mesh) -> dict:
@@ -86,8 +111,22 @@ def init_state(model, optimizer, rng: jax.Array, mesh: Mesh) -> dict:
     return jax.device_put(state, NamedSharding(mesh, P()))
 
 
-def _gather_images(images: jax.Array, index: jax.Array, mesh: Mesh) -> jax.Array:
-    batch = jax.lax.with_sharding_constraint(jnp.take(images, index, axis=0), NamedSharding(mesh, P("data")))
+def gather_batch(images: jax.Array, index: jax.Array, mesh: Mesh) -> jax.Array:
+    """The images at `index`: (B,) int32, replicated -> (B, 112, 112, 3) float32 in [0, 1], sharded over 'data'.
+
+    Each device takes the batch rows that lie in its block of `images` and zeros for the others; summing these over
+    'data' and scattering the sum (one reduce-scatter) gives every device its B / devices images. The sum is exact
+    even in uint8: each row has one non-zero term.
+    """
+
+    def take_held_rows(block, batch_index):
+        local = batch_index - jax.lax.axis_index("data") * block.shape[0]
+        held = (local >= 0) & (local < block.shape[0])
+        taken = jnp.take(block, jnp.clip(local, 0, block.shape[0] - 1), axis=0)
+        taken = jnp.where(held[:, None, None, None], taken, jnp.zeros((), block.dtype))
+        return jax.lax.psum_scatter(taken, "data", scatter_dimension=0, tiled=True)
+
+    batch = jax.shard_map(take_held_rows, mesh=mesh, in_specs=(P("data"), P()), out_specs=P("data"))(images, index)
     return batch.astype(jnp.float32) / 255.0
 
 
@@ -95,7 +134,7 @@ def make_train_step(model, optimizer, mesh: Mesh) -> Callable:
     """jitted `(state, data_images, data_labels, pos_weight, batch_index (B,)) -> (state, loss)`; state donated."""
 
     def train_step(state, images, labels, pos_weight, batch_index):
-        x = _gather_images(images, batch_index, mesh)
+        x = gather_batch(images, batch_index, mesh)
         y = jnp.take(labels, batch_index, axis=0)
 
         def loss_fn(params):
@@ -117,19 +156,20 @@ def make_predict_fn(model, mesh: Mesh) -> Callable:
     """jitted `(variables, data_images, index (B,)) -> probabilities (B, 8)` in eval mode."""
 
     def predict(variables, images, index):
-        return jax.nn.sigmoid(model.apply(variables, _gather_images(images, index, mesh), train=False))
+        return jax.nn.sigmoid(model.apply(variables, gather_batch(images, index, mesh), train=False))
 
     return jax.jit(predict, out_shardings=NamedSharding(mesh, P()))
 
 
-def shard_index(index: np.ndarray, mesh: Mesh) -> jax.Array:
-    return jax.device_put(np.asarray(index, np.int32), NamedSharding(mesh, P("data")))
+def put_index(index: np.ndarray, mesh: Mesh) -> jax.Array:
+    """Batch indices (B,) as int32 on every device of `mesh`."""
+    return jax.device_put(np.asarray(index, np.int32), NamedSharding(mesh, P()))
 
 
 def predict_probabilities(predict_fn, variables, data: DeviceData, index: np.ndarray, batch_size: int,
                           mesh: Mesh) -> np.ndarray:
     """Probabilities (len(index), 8) for the images at `index`, in batches padded to `batch_size`."""
-    outputs = [(predict_fn(variables, data.images, shard_index(batch, mesh)), valid)  # all dispatched, then fetched
+    outputs = [(predict_fn(variables, data.images, put_index(batch, mesh)), valid)  # all dispatched, then fetched
                for batch, valid in padded_batches(index, batch_size)]
     return (np.concatenate([np.asarray(o)[:valid] for o, valid in outputs]) if outputs
             else np.zeros((0, 8), np.float32))
@@ -279,7 +319,7 @@ def fit_fold(trainer: Trainer, fold: FoldSpec, data: DeviceData, labels: np.ndar
             batches = epoch_order(fold.train_index, cfg.seed, fold.fold, epoch, cfg.batch_size)
             started, losses = time.perf_counter(), []
             for batch in batches[offset:]:
-                state, loss = trainer.train_step(state, data.images, data.labels, pos_weight, shard_index(batch, mesh))
+                state, loss = trainer.train_step(state, data.images, data.labels, pos_weight, put_index(batch, mesh))
                 losses.append(loss)
                 step += 1
                 stop.after_step(step)

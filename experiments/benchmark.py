@@ -5,8 +5,9 @@
 
 Parts (each in its own process, so that its peak device memory is its own and torch and JAX never share the GPU):
 
-  train_jax       aujax's jitted train step with its input pipeline (uint8 dataset resident on the device, indices of
-                  the global batch sent per step, gather and conversion on the device), as in `train.fit_fold`
+  train_jax       aujax's jitted train step with its input pipeline (uint8 dataset on the devices in row blocks,
+                  indices of the global batch sent per step, gather and conversion on the device), as in
+                  `train.fit_fold`
   train_torch     torchvision resnet18(num_classes=8), the same loss, optimizer and resident data, eager
   train_compile   the same under torch.compile
   lrp_jax         aujax's `paper` LRP composite (all 8 AUs, one forward pass) and JAX gradient x input (all 8 AUs
@@ -137,7 +138,7 @@ def part_train_jax(args) -> dict:
     state = train.init_state(trainer.model, trainer.optimizer, jax.random.key(0), trainer.mesh)
     batches = train.epoch_order(np.arange(n), 0, 0, 0, args.batch_size)
     compiled_bytes = jax_compiled_bytes(trainer.train_step, state, data.images, data.labels, pos_weight,
-                                        train.shard_index(batches[0], trainer.mesh))
+                                        train.put_index(batches[0], trainer.mesh))
     box = {"state": state, "next": 0}
 
     def run_steps(_):
@@ -145,7 +146,7 @@ def part_train_jax(args) -> dict:
             batch = batches[box["next"] % len(batches)]
             box["next"] += 1
             box["state"], loss = trainer.train_step(box["state"], data.images, data.labels, pos_weight,
-                                                    train.shard_index(batch, trainer.mesh))
+                                                    train.put_index(batch, trainer.mesh))
         return loss
 
     rate = median_rate(run_steps, args.steps * args.batch_size, args.repeats, 1, jax.block_until_ready)

@@ -128,6 +128,16 @@ def test_two_processes_train_like_one_process_and_their_checkpoint_restores_in_o
     assert int(two["step"]) == int(one["step"]) == STEPS_PER_EPOCH
 
 
+def test_each_process_reads_and_holds_only_the_images_of_its_own_devices(runs):
+    """24 training images (8 train role + 16 cv role) over 8 devices; the records are .npz files, whose images each
+    process reads by row (memory-mapped)."""
+    _expect_success("1 process x 8 devices", runs["one"])
+    assert "patches+patches: process 0 holds 24 of 24 images on 8 of 8 devices (3 per device)" in runs["one"][0][1]
+    for process, (_, text) in enumerate(runs["two"]):
+        assert (f"patches+patches: process {process} holds 12 of 24 images on 4 of 8 devices (3 per device)"
+                in text), text[-3000:]
+
+
 def test_checkpoint_of_two_processes_resumes_in_one_process(runs):
     _expect_success("resume in 1 process", runs["resumed"])
     text = runs["resumed"][0][1]

@@ -120,7 +120,7 @@ def test_non_finite_loss_names_fold_epoch_step_and_keeps_the_last_good_checkpoin
     assert steps, "the last good checkpoint must be kept"
 
 
-def test_train_step_on_8_devices_equals_one_device():
+def test_train_step_on_8_devices_equals_one_device_and_batches_gather_from_every_block():
     code = """
 import jax, numpy as np
 from jax.sharding import Mesh
@@ -137,11 +137,21 @@ for mesh in (train.make_mesh(), Mesh(np.asarray(jax.devices()[:1]), ("data",))):
     data = train.put_on_devices(records, mesh)
     w = jax.numpy.ones(8)
     for b in range(2):
-        state, loss = step(state, data.images, data.labels, w, train.shard_index(np.arange(8 * b, 8 * b + 8), mesh))
+        state, loss = step(state, data.images, data.labels, w, train.put_index(np.arange(8 * b, 8 * b + 8), mesh))
     results.append(jax.device_get(state))
     if len(results) == 1:
-        sharding = train._gather_images(data.images, train.shard_index(np.arange(8), mesh), mesh).sharding
+        sharding = train.gather_batch(data.images, train.put_index(np.arange(8), mesh), mesh).sharding
         assert len(sharding.device_set) == 8, sharding
+# 21 images in blocks of 3 over 8 devices (3 rows of zeros at the end); a batch drawn from every block, in any order
+odd = patch_records(3, 7, seed=1, prefix="B")
+data = train.put_on_devices(odd, train.make_mesh())
+assert data.images.shape == (24, 112, 112, 3)
+assert [s.data.shape[0] for s in data.images.addressable_shards] == [3] * 8
+assert not np.asarray(data.images)[21:].any()
+index = np.array([20, 0, 5, 5, 13, 2, 19, 7])
+gathered = jax.jit(train.gather_batch, static_argnums=2)(data.images, train.put_index(index, train.make_mesh()),
+                                                         train.make_mesh())
+np.testing.assert_array_equal(np.rint(np.asarray(gathered) * 255).astype(np.uint8), odd.image[index])
 for a, b in zip(jax.tree_util.tree_leaves(results[0]), jax.tree_util.tree_leaves(results[1])):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
 print("ok")
