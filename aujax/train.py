@@ -115,15 +115,16 @@ def gather_batch(images: jax.Array, index: jax.Array, mesh: Mesh) -> jax.Array:
     """The images at `index`: (B,) int32, replicated -> (B, 112, 112, 3) float32 in [0, 1], sharded over 'data'.
 
     Each device takes the batch rows that lie in its block of `images` and zeros for the others; summing these over
-    'data' and scattering the sum (one reduce-scatter) gives every device its B / devices images. The sum is exact
-    even in uint8: each row has one non-zero term.
+    'data' and scattering the sum (one reduce-scatter) gives every device its B / devices images. The sum is exact:
+    each pixel has one non-zero term, and bfloat16 holds the integers 0..255 exactly (8-bit reductions are not
+    supported by the collectives of every platform).
     """
 
     def take_held_rows(block, batch_index):
         local = batch_index - jax.lax.axis_index("data") * block.shape[0]
         held = (local >= 0) & (local < block.shape[0])
-        taken = jnp.take(block, jnp.clip(local, 0, block.shape[0] - 1), axis=0)
-        taken = jnp.where(held[:, None, None, None], taken, jnp.zeros((), block.dtype))
+        taken = jnp.take(block, jnp.clip(local, 0, block.shape[0] - 1), axis=0).astype(jnp.bfloat16)
+        taken = jnp.where(held[:, None, None, None], taken, jnp.zeros((), jnp.bfloat16))
         return jax.lax.psum_scatter(taken, "data", scatter_dimension=0, tiled=True)
 
     batch = jax.shard_map(take_held_rows, mesh=mesh, in_specs=(P("data"), P()), out_specs=P("data"))(images, index)
