@@ -46,6 +46,9 @@ def check_settings(config) -> None:
     if config.train.batch_size < 1 or config.train.batch_size % devices:
         raise ValueError(f"--batch_size={config.train.batch_size} must be a positive multiple of the number of "
                          f"devices ({devices}: {jax.devices()[0].platform})")
+    if config.explain.batch_size < 1 or config.explain.batch_size % devices:
+        raise ValueError(f"--config.explain.batch_size={config.explain.batch_size} must be a positive multiple of the "
+                         f"number of devices ({devices})")
     if config.train.epochs < 1:
         raise ValueError(f"--epochs={config.train.epochs} must be at least 1")
     if not 0.0 < config.model.threshold < 1.0:

@@ -84,23 +84,36 @@ def put_on_devices(records: FaceRecords, mesh: Mesh) -> DeviceData:
     """The images in row blocks over the devices of `mesh`, read by each process for its own devices only."""
     num_images = len(records)
     rows_per_device = max(1, -(-num_images // mesh.size))
-    shape = (rows_per_device * mesh.size,) + records.image.shape[1:]
-    sharding = NamedSharding(mesh, P("data"))
-    blocks = [range(*index[0].indices(shape[0])) for index in sharding.addressable_devices_indices_map(shape).values()]
-    rows = np.unique(np.concatenate([np.arange(b.start, min(b.stop, num_images)) for b in blocks]))
-    held = records.image[rows]  # the one read of this process
+    index = np.arange(rows_per_device * mesh.size)
+    images, held = put_rows(records.image, np.where(index < num_images, index, -1), mesh)
     logging.info("%s: process %d holds %d of %d images on %d of %d devices (%d per device)", records.name,
-                 jax.process_index(), len(rows), num_images, len(blocks), mesh.size, rows_per_device)
+                 jax.process_index(), held, num_images, len(mesh.local_devices), mesh.size, rows_per_device)
+    return DeviceData(images, jax.device_put(records.labels, NamedSharding(mesh, P())))
 
-    def block(index) -> np.ndarray:
-        wanted = np.arange(*index[0].indices(shape[0]))
-        images = np.zeros((len(wanted),) + shape[1:], np.uint8)
-        real = wanted < num_images
-        images[real] = held[np.searchsorted(rows, wanted[real])]
-        return images
 
-    return DeviceData(jax.make_array_from_callback(shape, sharding, block),
-                      jax.device_put(records.labels, NamedSharding(mesh, P())))
+def put_rows(source, index: np.ndarray, mesh: Mesh) -> tuple[jax.Array, int]:
+    """`source[index]` as one array split by rows over 'data', and how many distinct rows this process read.
+
+    Args:
+      source: rows to take from, indexable by an integer array: a numpy array, a memory map, `records.LazyImages`.
+      index: (n,) int, n a multiple of the devices; -1 gives a row of zeros.
+
+    Each process reads, in one call, only the rows that its own devices hold.
+    """
+    shape = (len(index),) + tuple(source.shape[1:])
+    sharding = NamedSharding(mesh, P("data"))
+    local = np.concatenate([index[i[0]] for i in sharding.addressable_devices_indices_map(shape).values()])
+    rows = np.unique(local[local >= 0])
+    held = source[rows]
+
+    def block(device_index) -> np.ndarray:
+        wanted = index[device_index[0]]
+        out = np.zeros((len(wanted),) + shape[1:], held.dtype)
+        real = wanted >= 0
+        out[real] = held[np.searchsorted(rows, wanted[real])]
+        return out
+
+    return jax.make_array_from_callback(shape, sharding, block), len(rows)
 
 
 def init_state(model, optimizer, rng: jax.Array, mesh: Mesh) -> dict:

@@ -2,10 +2,11 @@
 the AU regions (μ and the other localisation metrics), and write Table 3, the μ-beside-F1 table, per-subject μ and
 the figures.
 
-For each composite in `config.explain.composites` (the first is the main one, the rest are compared with it) and each
-role, the first `config.explain.max_images` images are explained in batches; one jitted function per batch runs the
-forward pass, the LRP backward pass for all 8 AUs, the region masks and the metrics, so heatmaps never leave the
-device. μ counts only correctly predicted AUs (label 1 and prediction 1), as in the paper.
+For each composite in `config.explain.composites` (the first is the main one, the rest are compared with it) and
+each role, the first `config.explain.max_images` images are explained in batches split over all devices of all
+hosts; one jitted function per batch runs the forward pass, the LRP backward pass for all 8 AUs, the region masks
+and the metrics, so heatmaps never leave the device. μ counts only correctly predicted AUs (label 1 and prediction
+1), as in the paper.
 """
 
 import csv
@@ -16,17 +17,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from aujax import facs, files, localisation, lrp, metrics, regions, report
+from aujax import facs, files, localisation, lrp, metrics, regions, report, train
 from aujax.data import records as records_lib
 
 OTHER_METRICS = ("mass_accuracy", "rank_accuracy", "pointing_game", "top_k_intersection", "roc_auc")
 
 
 @functools.lru_cache(maxsize=None)
-def explain_and_score_fn(composite: str, epsilon: float, metrics: tuple[str, ...] = localisation.METRIC_NAMES):
+def explain_and_score_fn(composite: str, epsilon: float, metrics: tuple[str, ...] = localisation.METRIC_NAMES,
+                         mesh: Mesh | None = None):
     """jitted `(canonical, images uint8 (b,112,112,3), landmarks (b,68,2)) -> (probabilities (b,8), scores)`,
-    scores holding the localisation `metrics`."""
+    scores holding the localisation `metrics`; with `mesh`, the outputs are replicated over it (so that every process
+    can read them whatever the inputs' sharding)."""
     explain_fn = lrp.make_explain_fn(composite, epsilon)
 
     def explain_and_score(canonical, images, landmarks):
@@ -35,22 +39,28 @@ def explain_and_score_fn(composite: str, epsilon: float, metrics: tuple[str, ...
                                                    names=metrics)
         return jax.nn.sigmoid(logits), scores
 
-    return jax.jit(explain_and_score)
+    return jax.jit(explain_and_score, out_shardings=None if mesh is None else NamedSharding(mesh, P()))
 
 
 def explain_records(canonical: dict, records: records_lib.FaceRecords, composite: str, epsilon: float,
-                    batch_size: int, metrics: tuple[str, ...] = localisation.METRIC_NAMES
+                    batch_size: int, mesh: Mesh, metrics: tuple[str, ...] = localisation.METRIC_NAMES
                     ) -> tuple[np.ndarray, localisation.LocalisationScores]:
     """Probabilities (n, 8) and localisation scores ((n, 8) per metric) of every image of `records`.
 
-    Batches come from `records.padded_batches`, so one compiled function serves all of them.
+    Each batch is split over the devices of `mesh` (data parallel; `batch_size` a multiple of their number), and each
+    process reads only the images and landmarks of its own devices. Batches come from `records.padded_batches`, so
+    one compiled function serves all of them.
     """
-    fn = explain_and_score_fn(composite, epsilon, metrics)
-    probabilities, parts = [], []
+    fn = explain_and_score_fn(composite, epsilon, metrics, mesh)
+    probabilities, parts, read = [], [], 0
     for index, valid in records_lib.padded_batches(np.arange(len(records)), batch_size):
-        prob, scores = fn(canonical, records.image[index], records.landmarks[index])
+        (images, held), (landmarks, _) = (train.put_rows(column, index, mesh)
+                                          for column in (records.image, records.landmarks))
+        prob, scores = fn(canonical, images, landmarks)
         probabilities.append(np.asarray(prob)[:valid])
         parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:valid], scores))
+        read += held
+    logging.info("%s: process %d read %d of %d images", records.name, jax.process_index(), read, len(records))
     values = {k: np.concatenate([p.values[k] for p in parts]) for k in metrics}
     defined = {k: np.concatenate([p.defined[k] for p in parts]) for k in metrics}
     return np.concatenate(probabilities), localisation.LocalisationScores(values, defined)
@@ -90,18 +100,19 @@ def run_explain(config, workdir: str, roles: dict, variables: dict, best_subject
     figures_dir = os.path.join(results_dir, "figures")
     cfg = config.explain
     canonical = lrp.canonize(variables)
+    mesh = train.make_mesh()
     composites = [cfg.composite] + [c for c in cfg.compare if c != cfg.composite]
     by_composite = {}
     for composite in composites:
         for role, records in roles.items():
             subset = records.select(np.arange(min(len(records), cfg.max_images or len(records))))
             logging.info("explaining %s (%s role, %d images) with %s", records.name, role, len(subset), composite)
-            probabilities, scores = explain_records(canonical, subset, composite, cfg.epsilon, cfg.batch_size,
+            probabilities, scores = explain_records(canonical, subset, composite, cfg.epsilon, cfg.batch_size, mesh,
                                                     tuple(cfg.metrics))
             by_composite[composite, role] = RoleResult(subset, probabilities, scores, config.model.threshold)
     if jax.process_index() != 0:
         return
-
+    canonical = jax.device_get(canonical)  # the figures' few heatmaps: this process alone, on its default device
     main = {role: by_composite[cfg.composite, role] for role in roles}
     table3 = report.write_table(
         results_dir, "table3_mu", f"Table 3: μ (share of positive relevance inside the AU's region) and n "
@@ -213,7 +224,7 @@ def explain_image(config, workdir: str, image_path: str, checkpoint: str | None)
     `workdir/explain_image/<image stem>/`. μ is given for every AU (no label is known: it says where the model looks
     for each AU, whatever it decided).
     """
-    from aujax import figures, protocol, train
+    from aujax import figures, protocol
     from aujax import model as model_lib
     from aujax.data import faces  # mediapipe only here
 

@@ -37,10 +37,12 @@ def test_unwritable_workdir_is_named(tmp_path):
     _assert_clean_error(result, f"--workdir={blocker}/run", "not a writable directory")
 
 
-def test_batch_size_not_divisible_by_the_device_count(tmp_path):
-    result = _main(f"--workdir={tmp_path}", "--batch_size=6",
-                   env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+def test_batch_sizes_not_divisible_by_the_device_count(tmp_path):
+    four_devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    result = _main(f"--workdir={tmp_path}", "--batch_size=6", env_extra=four_devices)
     _assert_clean_error(result, "--batch_size=6", "multiple of the number of devices (4")
+    result = _main(f"--workdir={tmp_path}", "--config.explain.batch_size=10", env_extra=four_devices)
+    _assert_clean_error(result, "--config.explain.batch_size=10", "multiple of the number of devices (4)")
 
 
 def test_bad_width_and_threshold(tmp_path):

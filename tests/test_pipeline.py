@@ -96,13 +96,26 @@ def test_relevance_budget_of_a_trained_run(trained_run):
     assert budget["images"] == 4 and "| head |" in result.stdout
 
 
-def test_explain_with_mu_alone_skips_the_other_metrics(trained_run, tmp_path):
+def test_explain_with_mu_alone_on_8_devices_gives_the_mu_of_one_device_and_skips_the_other_metrics(trained_run,
+                                                                                                  tmp_path):
+    """The run was trained and explained on 1 device; explained again split over 8, with μ alone."""
     workdir, _ = trained_run
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("results", "report.html"))
-    result = _main(f"--workdir={copy}", "--mode=explain", *TINY_RUN, "--config.explain.metrics=('mu',)")
+    result = _main(f"--workdir={copy}", "--mode=explain", *TINY_RUN, "--config.explain.metrics=('mu',)",
+                   env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert result.returncode == 0, result.stderr[-5000:]
     results = copy / "results"
     assert (results / "table3_mu.csv").is_file() and (results / "table_mu_f1.csv").is_file()
     assert not (results / "table3_all_metrics.csv").exists()
     assert "Table 3" in result.stdout
+    assert "synthetic_cv: process 0 read 8 of 8 images" in result.stderr
+    one, eight = (json.loads((run / "results" / "table3_mu.json").read_text())["rows"] for run in (workdir, copy))
+    assert [r["method"] for r in one] == [r["method"] for r in eight]
+    for a, b in zip(one, eight):
+        for au, scores in a["scores"].items():
+            assert scores["n"] == b["scores"][au]["n"], (a["method"], au)
+            if scores["mu"] is None:
+                assert b["scores"][au]["mu"] is None
+            else:
+                assert b["scores"][au]["mu"] == pytest.approx(scores["mu"], rel=1e-4, abs=1e-6), (a["method"], au)

@@ -35,12 +35,16 @@ def test_lazy_images_index_like_the_array_and_read_each_row_once(index):
     assert reader.calls == ([wanted.tolist()] if len(wanted) else [])
 
 
-def test_lazy_images_become_arrays_on_demand_and_select_reads_only_the_selection(tmp_path):
+def test_lazy_images_become_arrays_on_demand_and_a_selection_reads_only_its_rows_when_they_are_indexed(tmp_path):
     faces = patch_records(2, 5, seed=0, prefix="A")
     lazy, reader = lazy_copy(faces)
     assert lazy.image.shape == faces.image.shape and lazy.image.dtype == np.uint8 and len(lazy.image) == 10
-    np.testing.assert_array_equal(lazy.select(np.array([7, 2])).image, faces.image[[7, 2]])
+    selected = lazy.select(np.array([7, 2, 9]))
+    assert reader.calls == [] and len(selected.image) == 3
+    np.testing.assert_array_equal(selected.image[[1, 0]], faces.image[[2, 7]])
     assert reader.calls == [[2, 7]]
+    np.testing.assert_array_equal(selected.labels, faces.labels[[7, 2, 9]])
+    np.testing.assert_array_equal(lazy.select(np.arange(10) >= 8).image[:], faces.image[8:])
     np.testing.assert_array_equal(np.asarray(lazy.image), faces.image)
     lazy.save(str(tmp_path / "saved.npz"))
     np.testing.assert_array_equal(records.load(str(tmp_path / "saved.npz")).image, faces.image)

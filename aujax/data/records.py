@@ -18,8 +18,8 @@ when present).
 
 The image column need not be in memory: `load` memory-maps it, the synthetic generator can render rows when they are
 asked for, and a built TFDS dataset reads them by random access (`LazyImages`). Indexing it (`image[rows]`) reads
-just those rows, so a process of a multi-host run reads only the images its devices hold; `np.asarray(image)` reads
-all of them. Every other column is always in memory.
+just those rows, so a process of a multi-host run reads only the images its devices hold; `select` and `concatenate`
+read none; `np.asarray(image)` reads all of them. Every other column is always in memory.
 """
 
 import dataclasses
@@ -118,8 +118,15 @@ class FaceRecords:
         return arrays
 
     def select(self, index) -> "FaceRecords":
-        """The records at `index` (a boolean mask or an integer array)."""
-        return FaceRecords(**{f: a[index] for f, a in self._present_arrays().items()}, name=self.name)
+        """The records at `index` (a boolean mask or an integer array); images not in memory are not read here."""
+        arrays = self._present_arrays()
+        source = arrays.pop("image")
+        if _in_memory(source):
+            image = source[index]
+        else:
+            rows = np.arange(len(source))[index]
+            image = LazyImages(len(rows), lambda selected: source[rows[selected]])
+        return FaceRecords(image=image, **{f: a[index] for f, a in arrays.items()}, name=self.name)
 
     def save(self, path: str) -> None:
         """Write to `path` (.npz, no pickle), atomically."""
