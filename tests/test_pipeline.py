@@ -96,14 +96,14 @@ def test_relevance_budget_of_a_trained_run(trained_run):
     assert budget["images"] == 4 and "| head |" in result.stdout
 
 
-def test_explain_with_mu_alone_on_8_devices_gives_the_mu_of_one_device_and_skips_the_other_metrics(trained_run,
+def test_explain_with_mu_alone_on_4_devices_gives_the_mu_of_one_device_and_skips_the_other_metrics(trained_run,
                                                                                                   tmp_path):
-    """The run was trained and explained on 1 device; explained again split over 8, with μ alone."""
+    """The run was trained and explained on 1 device; explained again split over 4, with μ alone."""
     workdir, _ = trained_run
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("results", "report.html"))
     result = _main(f"--workdir={copy}", "--mode=explain", *TINY_RUN, "--config.explain.metrics=('mu',)",
-                   env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+                   env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
     assert result.returncode == 0, result.stderr[-5000:]
     results = copy / "results"
     assert (results / "table3_mu.csv").is_file() and (results / "table_mu_f1.csv").is_file()
