@@ -169,6 +169,7 @@ class Term(NamedTuple):
     params: Callable  # modifier applied to the kernel and, when use_bias, the bias
     use_bias: bool
     sign: float = 1.0
+    transpose: Callable | None = None  # (spec, modified kernel, x, cotangent) -> input-shaped; None: `_transpose`
 
 
 class Group(NamedTuple):
@@ -202,7 +203,7 @@ def rule_groups(rule: Rule, nonnegative_input: bool = False) -> tuple:
             "epsilon": lambda: (Group((_PLAIN,)),),
             "zplus": lambda: (Group(positive_part),),
             "alpha_beta": lambda: (Group(positive_part, rule.alpha), Group(negative_part, -rule.beta)),
-            "flat": lambda: (Group((Term("ones", _ones, False),)),),
+            "flat": lambda: (Group((Term("ones", _ones, False, transpose=_transpose_ones),)),),
             "wsquare": lambda: (Group((Term("ones", _square, False),)),),
             "zbox": lambda: (Group((Term("x", _identity, False), Term("low", _positive, False, -1.0),
                                     Term("high", _negative, False, -1.0))),),
@@ -284,10 +285,7 @@ def _lrp_linear_bwd(spec, rule, residuals, relevance):
     for group, denominator in zip(rule_groups(rule, spec.nonnegative_input), denominators):
         scaled = group.coefficient * _output_mask(group, z) * relevance / stabilize(denominator, rule.stabilizer)
         for term in group.terms:
-            if term.params is _ones:
-                contribution = _transpose_ones(spec, kernel, x, scaled)
-            else:
-                contribution = _transpose(spec, term.params(kernel), x, scaled)
+            contribution = (term.transpose or _transpose)(spec, term.params(kernel), x, scaled)
             relevance_in += term.sign * _modified_input(term, rule, x) * contribution
     return relevance_in, jnp.zeros_like(kernel), jnp.zeros_like(bias)
 
