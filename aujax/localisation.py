@@ -247,7 +247,7 @@ def localisation_metrics_chunked(heatmaps: np.ndarray, masks: np.ndarray, chunk_
         pending = (scores, size)
     if pending is not None:
         parts.append(_fetch(*pending))
-    return _concatenate(parts, num_aus, check_metric_names(names))
+    return concatenate_scores(parts, num_aus, check_metric_names(names))
 
 
 def _fetch(scores: LocalisationScores, size: int) -> LocalisationScores:
@@ -256,7 +256,7 @@ def _fetch(scores: LocalisationScores, size: int) -> LocalisationScores:
                               {name: d[:size] for name, d in defined.items()})
 
 
-def _concatenate(parts: list, num_aus: int, names: tuple[str, ...]) -> LocalisationScores:
+def concatenate_scores(parts: list, num_aus: int, names: tuple[str, ...]) -> LocalisationScores:
     """The (n, au) scores of consecutive chunks as one `LocalisationScores` (numpy), keyed by `names`."""
     if not parts:
         return LocalisationScores({name: np.zeros((0, num_aus), np.float32) for name in names},

@@ -42,28 +42,28 @@ def explain_and_score_fn(composite: str, epsilon: float, metrics: tuple[str, ...
     return jax.jit(explain_and_score, out_shardings=None if mesh is None else NamedSharding(mesh, P()))
 
 
-def explain_records(canonical: dict, records: records_lib.FaceRecords, composite: str, epsilon: float,
+def explain_records(canonical: dict, records: records_lib.FaceRecords, composites: tuple[str, ...], epsilon: float,
                     batch_size: int, mesh: Mesh, metrics: tuple[str, ...] = localisation.METRIC_NAMES
-                    ) -> tuple[np.ndarray, localisation.LocalisationScores]:
-    """Probabilities (n, 8) and localisation scores ((n, 8) per metric) of every image of `records`.
+                    ) -> dict[str, tuple[np.ndarray, localisation.LocalisationScores]]:
+    """{composite: (probabilities (n, 8), localisation scores ((n, 8) per metric))} of every image of `records`.
 
-    Each batch is split over the devices of `mesh` (data parallel; `batch_size` a multiple of their number), and each
-    process reads only the images and landmarks of its own devices. Batches come from `records.padded_batches`, so
-    one compiled function serves all of them.
+    Each batch is split over the devices of `mesh` (data parallel; `batch_size` a multiple of their number); each
+    process reads only the images and landmarks of its own devices, once per batch for all `composites`. Batches come
+    from `records.padded_batches`, so one compiled function per composite serves all of them.
     """
-    fn = explain_and_score_fn(composite, epsilon, metrics, mesh)
-    probabilities, parts, read = [], [], 0
+    fns = {composite: explain_and_score_fn(composite, epsilon, metrics, mesh) for composite in composites}
+    probabilities, parts, read = {c: [] for c in composites}, {c: [] for c in composites}, 0
     for index, valid in records_lib.padded_batches(np.arange(len(records)), batch_size):
         (images, held), (landmarks, _) = (train.put_rows(column, index, mesh)
                                           for column in (records.image, records.landmarks))
-        prob, scores = fn(canonical, images, landmarks)
-        probabilities.append(np.asarray(prob)[:valid])
-        parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:valid], scores))
         read += held
+        for composite, fn in fns.items():
+            prob, scores = fn(canonical, images, landmarks)
+            probabilities[composite].append(np.asarray(prob)[:valid])
+            parts[composite].append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:valid], scores))
     logging.info("%s: process %d read %d of %d images", records.name, jax.process_index(), read, len(records))
-    values = {k: np.concatenate([p.values[k] for p in parts]) for k in metrics}
-    defined = {k: np.concatenate([p.defined[k] for p in parts]) for k in metrics}
-    return np.concatenate(probabilities), localisation.LocalisationScores(values, defined)
+    return {c: (np.concatenate(probabilities[c]), localisation.concatenate_scores(parts[c], facs.NUM_AUS, metrics))
+            for c in composites}
 
 
 def _scores_row(summaries: dict, keys: tuple[str, ...]) -> dict:
@@ -103,12 +103,13 @@ def run_explain(config, workdir: str, roles: dict, variables: dict, best_subject
     mesh = train.make_mesh()
     composites = [cfg.composite] + [c for c in cfg.compare if c != cfg.composite]
     by_composite = {}
-    for composite in composites:
-        for role, records in roles.items():
-            subset = records.select(np.arange(min(len(records), cfg.max_images or len(records))))
-            logging.info("explaining %s (%s role, %d images) with %s", records.name, role, len(subset), composite)
-            probabilities, scores = explain_records(canonical, subset, composite, cfg.epsilon, cfg.batch_size, mesh,
-                                                    tuple(cfg.metrics))
+    for role, records in roles.items():
+        subset = records.select(np.arange(min(len(records), cfg.max_images or len(records))))
+        logging.info("explaining %s (%s role, %d images) with %s", records.name, role, len(subset),
+                     ", ".join(composites))
+        explained = explain_records(canonical, subset, tuple(composites), cfg.epsilon, cfg.batch_size, mesh,
+                                    tuple(cfg.metrics))
+        for composite, (probabilities, scores) in explained.items():
             by_composite[composite, role] = RoleResult(subset, probabilities, scores, config.model.threshold)
     if jax.process_index() != 0:
         return
