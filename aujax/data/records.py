@@ -14,7 +14,10 @@ A `FaceRecords` holds n faces as numpy arrays:
                                          with landmarks="dataset")
 
 Saved and loaded as `.npz` without pickle (string columns are numpy unicode arrays; `blendshapes` is stored only
-when present).
+when present). Reading records (`load`; `preprocess.load_records` for built datasets) refuses, with a ValueError
+naming the file, the column and the first bad row, what breaks this contract (`validate`): no records, labels other
+than 0/1, intensities outside [0, 5] or not finite, landmarks or blendshapes that are not finite; `load` also checks
+every member's shape and dtype from its .npy header before it reads or maps any (no object arrays).
 
 The image column need not be in memory: `load` memory-maps it, the synthetic generator can render rows when they are
 asked for, and a built TFDS dataset reads them by random access (`LazyImages`). Indexing it (`image[rows]`) reads
@@ -22,6 +25,7 @@ just those rows, so a process of a multi-host run reads only the images its devi
 read none; `np.asarray(image)` reads all of them. Every other column is always in memory.
 """
 
+import contextlib
 import dataclasses
 import os
 import struct
@@ -32,6 +36,7 @@ import numpy as np
 
 from aujax import facs
 from aujax.data import blendshapes as blendshapes_lib
+from aujax.data.layouts import MAX_INTENSITY
 
 _ARRAY_FIELDS = ("image", "landmarks", "labels", "intensity", "subject", "source")
 _IMAGE_SHAPE = (facs.IMAGE_SIZE, facs.IMAGE_SIZE, 3)
@@ -69,6 +74,33 @@ def _in_memory(image) -> bool:
     return type(image) is np.ndarray
 
 
+def _columns(n: int, with_blendshapes: bool) -> dict[str, tuple[tuple[int, ...], np.dtype | None]]:
+    """field -> (shape, dtype) of the columns of n records; dtype None for a numpy str column."""
+    columns = {
+            "image": ((n,) + _IMAGE_SHAPE, np.dtype(np.uint8)),
+            "landmarks": ((n, facs.NUM_LANDMARKS, 2), np.dtype(np.float32)),
+            "labels": ((n, facs.NUM_AUS), np.dtype(np.uint8)),
+            "intensity": ((n, facs.NUM_AUS), np.dtype(np.float32)),
+            "subject": ((n,), None),
+            "source": ((n,), None),
+    }
+    if with_blendshapes:
+        columns["blendshapes"] = ((n, blendshapes_lib.NUM_BLENDSHAPES), np.dtype(np.float32))
+    return columns
+
+
+def _check_column(where: str, field: str, shape: tuple[int, ...], dtype: np.dtype,
+                  column: tuple[tuple[int, ...], np.dtype | None]) -> None:
+    """ValueError naming `where` and `field` unless `shape` and `dtype` are the `column`'s (shape, dtype)."""
+    expected_shape, expected_dtype = column
+    if shape != expected_shape:
+        raise ValueError(f"{where}: {field} has shape {shape}, expected {expected_shape}")
+    if expected_dtype is not None and dtype != expected_dtype:
+        raise ValueError(f"{where}: {field} has dtype {dtype}, expected {expected_dtype}")
+    if expected_dtype is None and dtype.kind != "U":
+        raise ValueError(f"{where}: {field} must be a numpy str array, got {dtype}")
+
+
 @dataclasses.dataclass(frozen=True)
 class FaceRecords:
     image: np.ndarray
@@ -81,25 +113,9 @@ class FaceRecords:
     blendshapes: np.ndarray | None = None
 
     def __post_init__(self):
-        n = len(self.image)
-        expected = {
-            "image": ((n, facs.IMAGE_SIZE, facs.IMAGE_SIZE, 3), np.uint8),
-            "landmarks": ((n, facs.NUM_LANDMARKS, 2), np.float32),
-            "labels": ((n, facs.NUM_AUS), np.uint8),
-            "intensity": ((n, facs.NUM_AUS), np.float32),
-            "subject": ((n,), None),
-            "source": ((n,), None),
-        }
-        if self.blendshapes is not None:
-            expected["blendshapes"] = ((n, blendshapes_lib.NUM_BLENDSHAPES), np.float32)
-        for field, (shape, dtype) in expected.items():
+        for field, column in _columns(len(self.image), self.blendshapes is not None).items():
             value = getattr(self, field)
-            if value.shape != shape:
-                raise ValueError(f"dataset {self.name!r}: {field} has shape {value.shape}, expected {shape}")
-            if dtype is not None and value.dtype != dtype:
-                raise ValueError(f"dataset {self.name!r}: {field} has dtype {value.dtype}, expected {np.dtype(dtype)}")
-            if dtype is None and value.dtype.kind != "U":
-                raise ValueError(f"dataset {self.name!r}: {field} must be a numpy str array, got {value.dtype}")
+            _check_column(f"dataset {self.name!r}", field, value.shape, value.dtype, column)
 
     def __len__(self) -> int:
         return len(self.image)
@@ -160,48 +176,138 @@ def _concatenated_images(images: list) -> LazyImages:
     return LazyImages(int(ends[-1]) if len(ends) else 0, read)
 
 
-def load(path: str) -> FaceRecords:
-    """Read records written by `FaceRecords.save`; a clear error names the file if it is not one.
+def validate(faces: FaceRecords, where: str) -> FaceRecords:
+    """`faces`, or ValueError naming `where` (the file or dataset read), the column and the first bad row (0-based).
 
-    The images stay on disk, memory-mapped (read when indexed), where the file stores them uncompressed (as `save`
-    does); a compressed file (`np.savez_compressed`) is read whole.
+    Refused: no records; a label other than 0 or 1; an intensity outside [0, MAX_INTENSITY] or not finite;
+    landmarks or blendshapes that are not finite. The image column is not read (its uint8 dtype holds no bad value).
     """
+    if not len(faces):
+        raise ValueError(f"{where}: holds no records")
+    rules = [("labels", faces.labels > 1, "labels must be 0 or 1"),
+             ("intensity", ~((faces.intensity >= 0) & (faces.intensity <= MAX_INTENSITY)),
+              f"intensities must be finite and in [0, {MAX_INTENSITY:g}]"),
+             ("landmarks", ~np.isfinite(faces.landmarks), "landmarks must be finite")]
+    if faces.blendshapes is not None:
+        rules.append(("blendshapes", ~np.isfinite(faces.blendshapes), "blendshapes must be finite"))
+    for field, bad, rule in rules:
+        if bad.any():
+            row, *entry = (int(i) for i in np.argwhere(bad)[0])
+            value = getattr(faces, field)[(row, *entry)]
+            raise ValueError(f"{where}: {field}: row {row} (source {faces.source[row]}) holds {value} "
+                             f"({_ENTRY_NAMES[field](*entry)}); {rule}")
+    return faces
+
+
+_ENTRY_NAMES = {  # what the entries after the row of a column are, for error messages
+        "labels": lambda au: f"AU{facs.AU_IDS[au]}",
+        "intensity": lambda au: f"AU{facs.AU_IDS[au]}",
+        "landmarks": lambda point, axis: f"point {point} {'xy'[axis]}",
+        "blendshapes": lambda score: blendshapes_lib.BLENDSHAPE_NAMES[score],
+}
+
+
+def load(path: str, where: str | None = None) -> FaceRecords:
+    """Read records written by `FaceRecords.save`, checked by `validate`; errors name the file as `where` says
+    (default `path`, e.g. "--cv_data=cv.npz").
+
+    Every member's shape and dtype is checked from its .npy header before any array is read or mapped (object
+    arrays are refused there). The images stay on disk, memory-mapped (read when indexed), where the file stores
+    them uncompressed (as `save` does); a compressed file (`np.savez_compressed`) is read whole.
+    """
+    where = where or path
+    if os.path.isfile(path) and not os.path.getsize(path):
+        raise ValueError(f"{where}: empty file (0 bytes), not an aujax face-records file")
+    with _not_records_file(where):
+        members = _npy_members(path)
+    _check_members(members, where)
+    with _not_records_file(where):
+        faces = _read_members(path, members)
+    return validate(faces, where)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Member:
+    """An .npz member's array as its .npy header describes it; `offset`: where the raw array starts in the .npz
+    file, None where the member is compressed."""
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+    offset: int | None
+
+
+@contextlib.contextmanager
+def _not_records_file(where: str):
+    """Turns the errors of reading a damaged or foreign file into one ValueError naming `where`."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            blendshapes = data["blendshapes"] if "blendshapes" in data.files else None
-            image = _mapped_member(path, "image")
-            return FaceRecords(image=data["image"] if image is None else image,
-                               **{f: data[f] for f in _ARRAY_FIELDS[1:]}, name=str(data["name"]),
-                               blendshapes=blendshapes)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: not an aujax face-records file ({e})") from e
+        yield
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{where}: not an aujax face-records file ({e})") from e
 
 
-def _mapped_member(path: str, member: str) -> np.memmap | None:
-    """The array `member` of the .npz at `path`, memory-mapped; None where it is stored compressed.
+def _npy_members(path: str) -> dict[str, _Member]:
+    """member name (without '.npy') -> `_Member` of every .npy in the .npz at `path`, from the headers alone.
 
-    An uncompressed .npz member is a .npy file at a fixed place in the zip archive: after the member's local header
+    An uncompressed member is a .npy file at a fixed place in the zip archive: after the member's local header
     (30 bytes, then its name and extra field) come the .npy header and the raw array.
     """
+    members = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, fortran_order, dtype = read_header(f)
+                header_length = f.tell()
+            stored = info.compress_type == zipfile.ZIP_STORED
+            offset = _member_data_offset(raw, info) + header_length if stored else None
+            members[info.filename[:-len(".npy")]] = _Member(shape, dtype, fortran_order, offset)
+    return members
+
+
+def _member_data_offset(raw, info: zipfile.ZipInfo) -> int:
+    """Where the data of the zip member `info` starts in the open archive file `raw`."""
+    raw.seek(info.header_offset)
+    header = raw.read(30)
+    if header[:4] != b"PK\x03\x04":
+        raise ValueError(f"damaged zip entry {info.filename}")
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_length + extra_length
+
+
+def _check_members(members: dict[str, _Member], where: str) -> None:
+    """ValueError naming `where` and the member unless `members` hold records' columns of the right shapes and
+    dtypes (and the name); other members are ignored."""
+    missing = [m for m in ("name",) + _ARRAY_FIELDS if m not in members]
+    if missing:
+        raise ValueError(f"{where}: not an aujax face-records file (no {', '.join(missing)} member)")
+    image_shape = members["image"].shape
+    columns = {"name": ((), None), **_columns(image_shape[0] if image_shape else 0, "blendshapes" in members)}
+    for field, column in columns.items():
+        _check_column(where, field, members[field].shape, members[field].dtype, column)
+
+
+def _read_members(path: str, members: dict[str, _Member]) -> FaceRecords:
+    """The records in the .npz at `path`, whose `members` `_check_members` accepted; the image column
+    memory-mapped where it is stored uncompressed."""
+    image = members["image"]
+    mapped = image.offset is not None and np.prod(image.shape) > 0  # np.memmap cannot map zero bytes
+    fields = ("name", "image") + _ARRAY_FIELDS[1:] + (("blendshapes",) if "blendshapes" in members else ())
     with zipfile.ZipFile(path) as archive:
-        info = archive.getinfo(f"{member}.npy")
-    if info.compress_type != zipfile.ZIP_STORED:
-        return None
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        header = f.read(30)
-        if header[:4] != b"PK\x03\x04":
-            raise ValueError(f"damaged zip entry {member}.npy")
-        name_length, extra_length = struct.unpack("<HH", header[26:30])
-        f.seek(info.header_offset + 30 + name_length + extra_length)
-        version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-            np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(f)
-        offset = f.tell()
-    if not shape or not np.prod(shape):
-        return None  # np.memmap cannot map zero bytes
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
+        arrays = {f: _read_array(archive, f) for f in fields if not (f == "image" and mapped)}
+    if mapped:
+        arrays["image"] = np.memmap(path, dtype=image.dtype, mode="r", offset=image.offset, shape=image.shape,
+                                    order="F" if image.fortran_order else "C")
+    name = str(arrays.pop("name"))
+    return FaceRecords(**arrays, name=name)
+
+
+def _read_array(archive: zipfile.ZipFile, member: str) -> np.ndarray:
+    with archive.open(f"{member}.npy") as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
 
 
 def padded_batches(index, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:

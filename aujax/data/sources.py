@@ -17,7 +17,8 @@ BUILT_DATASETS = ("ck_plus", "unbc_mcmaster", "actor_study", "manifest", "synthe
 
 
 def load_role(role: str, spec: str, config) -> records.FaceRecords:
-    """The dataset playing `role` ('train', 'cv' or 'cross') in the protocol."""
+    """The dataset playing `role` ('train', 'cv' or 'cross') in the protocol; records read from a file or a built
+    dataset are checked by `records.validate` (a ValueError naming the file, or the flag, says what is wrong)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles are {ROLES}")
     if spec == "synthetic":
@@ -25,7 +26,7 @@ def load_role(role: str, spec: str, config) -> records.FaceRecords:
     if spec.endswith(".npz"):
         if not os.path.isfile(spec):
             raise ValueError(f"--{role}_data={spec}: no such file")
-        return records.load(spec)
+        return records.load(spec, where=f"--{role}_data={spec}")
     if spec in BUILT_DATASETS:
         from aujax.data import preprocess  # tensorflow-datasets only where a built dataset is asked for
         return preprocess.load_records(spec, os.path.expanduser(config.data.data_dir))
