@@ -220,8 +220,9 @@ def generate(num_subjects: int, images_per_subject: int, domain: str = "posed", 
     top-left corner) with probability `spurious_cue_probability`; images without AU a never do.
     workers: processes that render (None: one per CPU core for `_PARALLEL_FROM` images or more at once, else 1).
     The images do not depend on it (each is drawn from its own generator).
-    images_on_demand: the image column (`records.LazyImages`) renders the rows that are read, and keeps them, instead
-    of rendering every image now; labels, intensities and landmarks need no rendering and are there at once.
+    images_on_demand: the image column (`records.LazyImages`) renders the rows that are read, each with the other rows
+    of its block of 32 (so that its pixels do not depend on which rows are read with it), and keeps them, instead of
+    rendering every image now; labels, intensities and landmarks need no rendering and are there at once.
     """
     _check_arguments(num_subjects, images_per_subject, domain, seed, spurious_cue_au, spurious_cue_probability)
     subjects = sample_subjects(num_subjects, seed, domain, subject_prefix)
@@ -460,13 +461,21 @@ class _Renderer:
 
 
 def _kept(render, num_images: int):
-    """`render` that renders each row once: rows rendered before are returned from memory."""
+    """`render` that renders each row once, together with the other rows of its block of `_CHUNK` (rows rendered
+    before are returned from memory).
+
+    Rendering whole blocks, as `generate` renders every image, makes an image independent of which rows are read
+    with it: the vectorised float32 maths of a chunk can round a pixel differently when the chunk holds other
+    images, so a process reading rows 0-7 alone would otherwise see other images than one reading rows 0-31.
+    """
     kept = np.zeros(num_images, bool)
     images = np.zeros((num_images, _SIZE, _SIZE, 3), np.uint8)  # pages of rows never rendered are never touched
 
     def read(rows: np.ndarray) -> np.ndarray:
-        missing = rows[~kept[rows]]
-        if len(missing):
+        blocks = np.unique(rows[~kept[rows]] // _CHUNK)
+        if len(blocks):
+            missing = (blocks[:, None] * _CHUNK + np.arange(_CHUNK)).reshape(-1)
+            missing = missing[missing < num_images]
             images[missing] = render(missing)
             kept[missing] = True
         return images[rows]
