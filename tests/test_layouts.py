@@ -19,6 +19,12 @@ def write(path, text=""):
     return path
 
 
+def write_bytes(path, data: bytes):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    path.write_bytes(data)
+    return str(path)
+
+
 def facs_text(*codes):
     """A FACS file in the distributions' float format."""
     return "".join(f"   {au:.7e}   {intensity:.7e}\n" for au, intensity in codes)
@@ -68,6 +74,17 @@ def test_parse_pspi(tmp_path):
     assert layouts.parse_pspi(write(tmp_path / "p.txt", "   3.0000000e+00\n")) == 3.0
     with pytest.raises(ValueError, match="q.txt: expected one number"):
         layouts.parse_pspi(write(tmp_path / "q.txt", "3 4\n"))
+
+
+def test_number_files_that_are_not_utf8_name_the_file_and_line_and_a_bom_is_dropped(tmp_path):
+    with pytest.raises(ValueError, match=r"f\.txt: line 2: not utf-8 text \(b'\\xff' at byte 4\)"):
+        layouts.parse_facs(write_bytes(tmp_path / "f.txt", b"4 3\n\xff 2\n"))
+    with pytest.raises(ValueError, match=r"p\.txt: line 1: not utf-8 text"):
+        layouts.parse_pspi(write_bytes(tmp_path / "p.txt", b"3\xb7"))
+    with pytest.raises(ValueError, match=r"l\.txt: line 2: not utf-8 text"):
+        layouts.parse_points(write_bytes(tmp_path / "l.txt", b"1 2\n3 4\xa0\n"), 2)
+    bom = write_bytes(tmp_path / "bom.txt", b"\xef\xbb\xbf" + facs_text((4, 3)).encode())
+    assert layouts.parse_facs(bom) == layouts.FacsCodes({4: 3.0}, [])
 
 
 def test_aam66_to_ibug68_puts_inner_mouth_corners_on_outer_ones():
@@ -169,6 +186,15 @@ def test_ck_plus_dataset_landmarks_are_attached_or_the_frame_is_skipped(tmp_path
                                              "bad_landmarks"].message
 
 
+def test_ck_plus_facs_file_that_is_not_utf8_is_skipped_naming_its_line(tmp_path):
+    root = ck_tree(tmp_path)
+    write_bytes(root / "FACS/S010/002/S010_002_00000002_facs.txt", b"12 4\n4 3 \xb0\n")
+    found = issues(layouts.scan_ck_plus(str(root), pain_only=False), "skipped")
+    unreadable = found["FACS/S010/002/S010_002_00000002_facs.txt", "unreadable_facs"]
+    assert "line 2: not utf-8 text" in unreadable.message
+    assert ("cohn-kanade-images/S010/002/S010_002_00000002.png", "no_facs") in found
+
+
 # --- UNBC-McMaster ------------------------------------------------------------------------------------------------
 
 def unbc_tree(root):
@@ -261,6 +287,23 @@ def test_manifest_landmarks_and_missing_columns(tmp_path):
     write(tmp_path / "nolandmarks.csv", "image,subject,AU4\nx.png,7,1\n")
     with pytest.raises(layouts.LayoutError, match="landmarks='dataset'"):
         layouts.scan_manifest(str(tmp_path), "nolandmarks.csv", dataset_landmarks=True)
+
+
+LATIN1_MANIFEST = "image,subject,AU4\nimages/plain.png,1,2\nimages/J\u00fcrgen.png,2,1\n"
+
+
+def test_a_manifest_that_is_not_utf8_is_refused_naming_it_and_the_line_unless_its_encoding_is_given(tmp_path):
+    for name in ("plain.png", "J\u00fcrgen.png"):
+        write(tmp_path / "images" / name, "placeholder")
+    write_bytes(tmp_path / "manifest.csv", LATIN1_MANIFEST.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"manifest\.csv: line 3: not utf-8 text .*encoding=latin-1"):
+        layouts.scan_manifest(str(tmp_path))
+    with pytest.raises(ValueError, match=r"manifest\.csv: line 3: not utf-8 text"):
+        layouts.check_layout("actor_study", str(tmp_path))
+    latin1 = layouts.scan_manifest(str(tmp_path), encoding="latin-1")
+    assert sorted(face.source for face in latin1.faces) == ["images/J\u00fcrgen.png", "images/plain.png"]
+    write_bytes(tmp_path / "bom.csv", b"\xef\xbb\xbf" + LATIN1_MANIFEST.encode("utf-8"))
+    assert len(layouts.scan_manifest(str(tmp_path), "bom.csv").faces) == 2
 
 
 # --- layout checks ------------------------------------------------------------------------------------------------

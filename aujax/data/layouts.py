@@ -20,11 +20,15 @@ Layouts (the distributions' own):
 FACS files hold one "AU intensity" line per coded action unit, numbers as floats (`4.0000000e+00 3.0000000e+00`);
 UNBC adds two more columns, which are ignored. A listed AU is present; its intensity is 1-5 (A-E), 0 where the
 coders gave none.
+
+Text files are read as UTF-8 (a leading byte-order mark is dropped), a manifest in the encoding it is given as: a
+file that does not decode is an error naming the file and line, never read with characters replaced.
 """
 
 import collections
 import csv
 import dataclasses
+import io
 import math
 import os
 import re
@@ -114,7 +118,8 @@ class FacsCodes:
 # --- text files ---------------------------------------------------------------------------------------------------
 
 def parse_facs(path: str) -> FacsCodes:
-    """Read a FACS file ("AU intensity [more columns]" per line, floats); OSError if it cannot be opened.
+    """Read a FACS file ("AU intensity [more columns]" per line, floats); OSError if it cannot be opened, ValueError
+    naming the file and line if it is not UTF-8 text.
 
     Blank lines are skipped. A line is malformed (reported, ignored) when it has fewer than two numbers, a
     non-numeric or non-integer AU, or an intensity outside [0, 5]. An AU listed twice keeps its larger intensity.
@@ -131,13 +136,26 @@ def parse_facs(path: str) -> FacsCodes:
     return FacsCodes(codes, malformed)
 
 
+def read_text(path: str, encoding: str = "utf-8") -> str:
+    """The text of the file at `path` in `encoding`, without a leading byte-order mark; OSError if it cannot be
+    opened, ValueError naming the file and line where it is not `encoding` text."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}: line {line}: not {encoding} text ({data[e.start:e.end]!r} at byte {e.start})") \
+            from None
+    return text.removeprefix("\ufeff")
+
+
 def _numbered_fields(path: str):
-    """(line number, line, whitespace-split fields) of every non-blank line of a text file."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.split()
-            if fields:
-                yield number, line, fields
+    """(line number, line, whitespace-split fields) of every non-blank line of a UTF-8 text file."""
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        fields = line.split()
+        if fields:
+            yield number, line, fields
 
 
 def _facs_line(fields: list[str]) -> tuple[int, float]:
@@ -174,8 +192,7 @@ def parse_points(path: str, num_points: int) -> np.ndarray:
 
 def parse_pspi(path: str) -> float:
     """The PSPI score in a UNBC PSPI file (one number, >= 0); ValueError naming the file if it is not one."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        text = f.read().split()
+    text = read_text(path).split()
     try:
         (value,) = [float(v) for v in text]
     except ValueError:
@@ -204,9 +221,10 @@ def labels_from_codes(codes: Mapping[int, float]) -> tuple[np.ndarray, np.ndarra
 
 # --- layout checks ------------------------------------------------------------------------------------------------
 
-def check_layout(dataset: str, root: str, dataset_landmarks: bool = False, manifest: str = "manifest.csv") -> None:
+def check_layout(dataset: str, root: str, dataset_landmarks: bool = False, manifest: str = "manifest.csv",
+                 encoding: str = "utf-8") -> None:
     """LayoutError, with the expected tree, unless `root` is laid out as `dataset` ("ck_plus", "unbc_mcmaster",
-    "manifest") expects; "actor_study" is a manifest."""
+    "manifest") expects; "actor_study" is a manifest, read in `encoding` (ValueError if it is not such text)."""
     layout = "manifest" if dataset == "actor_study" else dataset
     if layout not in EXPECTED_TREES:
         raise ValueError(f"no layout for dataset {dataset!r}; known: {sorted(EXPECTED_TREES)} and 'actor_study'")
@@ -226,7 +244,7 @@ def check_layout(dataset: str, root: str, dataset_landmarks: bool = False, manif
     if missing:
         _layout_error(dataset, root, f"manual directory {root!r} lacks {', '.join(missing)}")
     if layout == "manifest":
-        _read_manifest(root, manifest, dataset_landmarks)
+        _read_manifest(root, manifest, dataset_landmarks, encoding)
     elif not _sequences(os.path.join(root, _IMAGE_DIRS[layout])):
         _layout_error(dataset, root, f"no image files found at the expected depth under {_IMAGE_DIRS[layout]}/")
 
@@ -284,8 +302,9 @@ class _Collector:
         """AU -> intensity from a FACS file, counting other AUs and reporting malformed lines; None if unreadable."""
         try:
             parsed = parse_facs(path)
-        except OSError as e:
-            self.issue(source, "skipped", "unreadable_facs", f"{source}: cannot read FACS file ({e.strerror})")
+        except (OSError, ValueError) as e:  # ValueError: not UTF-8 text
+            problem = getattr(e, "strerror", None) or e
+            self.issue(source, "skipped", "unreadable_facs", f"{source}: cannot read FACS file ({problem})")
             return None
         if parsed.malformed:
             lines = "; ".join(f"line {n}: {why}" for n, why in parsed.malformed)
@@ -473,15 +492,19 @@ def resolve_inside(root: str, relative: str) -> str:
 
 
 def scan_manifest(root: str, manifest: str = "manifest.csv", exclude_subjects: Iterable[str] = (),
-                  pain_only: bool = True, dataset_landmarks: bool = False, dataset: str = "manifest") -> Scan:
+                  pain_only: bool = True, dataset_landmarks: bool = False, dataset: str = "manifest",
+                  encoding: str = "utf-8") -> Scan:
     """The faces a CSV manifest lists (image paths relative to `root`), without the `exclude_subjects`.
+
+    The manifest is `encoding` text (UTF-8 by default, with or without a byte-order mark); ValueError naming it and
+    the line where it is not.
 
     Columns: `image`, `subject`, `AU<n>` (value > 0 means present; the value is kept as intensity), optional
     `x0,y0,...,x67,y67` (image pixels). Subject ids match exclusions exactly or as equal numbers ("016" == "16").
     A row with a bad path or value is skipped and reported; the rest goes on.
     """
-    check_layout(dataset, root, dataset_landmarks, manifest)
-    header, au_columns, rows = _read_manifest(root, manifest, dataset_landmarks)
+    check_layout(dataset, root, dataset_landmarks, manifest, encoding)
+    header, au_columns, rows = _read_manifest(root, manifest, dataset_landmarks, encoding)
     excluded = [str(s) for s in exclude_subjects]
     collector = _Collector()
     missing_aus = [au for au in facs.AU_IDS if au not in au_columns.values()]
@@ -517,12 +540,17 @@ class _RowError(ValueError):
         self.reason = reason
 
 
-def _read_manifest(root: str, manifest: str, dataset_landmarks: bool) -> tuple[dict[str, int], dict[int, int], list]:
+def _read_manifest(root: str, manifest: str, dataset_landmarks: bool,
+                   encoding: str) -> tuple[dict[str, int], dict[int, int], list]:
     """(column name -> index, column index -> AU number, data rows); LayoutError naming the file if columns are
-    missing."""
+    missing, ValueError naming it and the line if it is not `encoding` text."""
     path = os.path.join(root, manifest)
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        header, *rows = list(csv.reader(f)) or [[]]
+    try:
+        text = read_text(path, encoding)
+    except ValueError as e:
+        raise ValueError(f"{e}; give the manifest's encoding as the option encoding, "
+                         "e.g. --preprocess_option=encoding=latin-1") from None
+    header, *rows = list(csv.reader(io.StringIO(text, newline=""))) or [[]]
     columns = {name.strip(): i for i, name in enumerate(header)}
     missing = [c for c in ("image", "subject") if c not in columns]
     landmark_columns = [c for c in _LANDMARK_COLUMNS if c in columns]
