@@ -250,6 +250,37 @@ def test_manifest_with_no_usable_face_fails_after_writing_its_report(tmp_path):
     assert rows["tiny.png"]["reason"] == "too_small" and "tiny.png" in rows["tiny.png"]["message"]
 
 
+def one_face_manifest(image: str) -> str:
+    """A manifest listing `image` (subject 1, AU4 at intensity 3) with the astronaut's `face_points`."""
+    header = "image,subject,AU4," + ",".join(f"x{i},y{i}" for i in range(68))
+    return f"{header}\n{image},1,3," + ",".join(f"{v:.2f}" for v in face_points().ravel()) + "\n"
+
+
+def test_a_latin1_manifest_builds_with_the_encoding_option_and_is_refused_without_it(tmp_path):
+    save(astronaut(), tmp_path / "m/J\u00fcrgen.png")
+    write(tmp_path / "m/manifest.csv", one_face_manifest("J\u00fcrgen.png").encode("latin-1"))
+    with pytest.raises(ValueError, match=r"manifest\.csv: line 2: not utf-8 text .*encoding=latin-1"):
+        build("manifest", tmp_path / "m", tmp_path, landmarks="dataset")
+    report, rows = build("manifest", tmp_path / "m", tmp_path, landmarks="dataset", encoding="latin-1")
+    assert rows["J\u00fcrgen.png"]["status"] == "ok" and report.num_examples == 1
+    assert report.config_name == builders.make_config("manifest", landmarks="dataset").name  # a build-only option
+    loaded = preprocess.load_records("manifest", str(tmp_path / "data"), landmarks="dataset")
+    assert loaded.source.tolist() == ["J\u00fcrgen.png"] and loaded.intensity[0, AU[4]] == 3.0
+    with pytest.raises(ValueError, match="encoding='klingon': not a text encoding"):
+        builders.make_config("manifest", encoding="klingon")
+
+
+def test_a_built_dataset_holding_a_label_that_is_not_0_or_1_is_refused_when_read(tmp_path, monkeypatch):
+    save(astronaut(), tmp_path / "m/a.png")
+    write(tmp_path / "m/manifest.csv", one_face_manifest("a.png"))
+    monkeypatch.setattr(layouts, "labels_from_codes", lambda codes: (np.full(facs.NUM_AUS, 2, np.uint8),
+                                                                     np.zeros(facs.NUM_AUS, np.float32)))
+    build("manifest", tmp_path / "m", tmp_path, landmarks="dataset")
+    with pytest.raises(ValueError, match=r"^manifest \(.*/manifest/.*\): labels: row 0 \(source a\.png\) holds 2 "
+                                         r"\(AU4\); labels must be 0 or 1$"):
+        preprocess.load_records("manifest", str(tmp_path / "data"))
+
+
 def test_options_are_checked_before_anything_is_built(tmp_path):
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['landmark'\]; options are .*'label_frames'"):
         builders.make_builder("ck_plus", str(tmp_path), landmark="dataset")

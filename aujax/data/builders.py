@@ -26,6 +26,7 @@ builder's `report_rows` (see `layouts.Issue`); a bad file never stops the build.
 Only this module and `preprocess` import tensorflow_datasets; training reads `FaceRecords`.
 """
 
+import codecs
 import dataclasses
 import json
 import os
@@ -40,7 +41,7 @@ from aujax import facs
 from aujax.data import blendshapes, layouts
 
 VERSION = "1.0.0"
-_BUILD_ONLY_OPTIONS = ("workers",)  # change how a dataset is built, not what it holds: not in the config name
+_BUILD_ONLY_OPTIONS = ("workers", "encoding")  # how a dataset is built, not what it holds: not in the config name
 BLENDSHAPE_FEATURE = "blendshapes"  # present only in builds whose faces MediaPipe found (FaceConfig.has_blendshapes)
 
 
@@ -103,12 +104,18 @@ class CkPlusConfig(FaceConfig):
 
 @dataclasses.dataclass(eq=False)
 class ManifestConfig(FaceConfig):
-    """manifest: CSV file (relative to the data root); exclude_subjects: subject ids left out."""
+    """manifest: CSV file (relative to the data root); encoding: its text encoding (UTF-8 with or without a
+    byte-order mark by default; e.g. latin-1); exclude_subjects: subject ids left out."""
     manifest: str = "manifest.csv"
+    encoding: str = "utf-8"
     exclude_subjects: tuple[str, ...] = ()
 
     def validate(self) -> None:
         super().validate()
+        try:
+            codecs.lookup(self.encoding)
+        except (LookupError, TypeError):
+            raise ValueError(f"encoding={self.encoding!r}: not a text encoding Python knows") from None
         self.exclude_subjects = _subject_list(self.exclude_subjects)
 
     def name_parts(self) -> list[str]:
@@ -274,12 +281,12 @@ class Manifest(_FaceBuilder, skip_registration=True):
                                    layouts.EXPECTED_TREES["manifest"]
 
     def _layout_options(self) -> dict[str, str]:
-        return {"manifest": self.builder_config.manifest}
+        return {"manifest": self.builder_config.manifest, "encoding": self.builder_config.encoding}
 
     def scan(self, root: str) -> layouts.Scan:
         config = self.builder_config
         return layouts.scan_manifest(root, config.manifest, config.exclude_subjects, config.pain_only,
-                                     config.landmarks == "dataset", dataset=self.name)
+                                     config.landmarks == "dataset", dataset=self.name, encoding=config.encoding)
 
 
 class ActorStudy(Manifest, skip_registration=True):

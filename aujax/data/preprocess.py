@@ -134,13 +134,15 @@ def load_records(dataset: str, data_dir: str, **options) -> records.FaceRecords:
     With options, the dataset built with those options; without, the default build, or the only one there is.
     `blendshapes` is float32 (n, 52) when the build stored them (landmarks="mediapipe"), None when it has no such
     feature (landmarks="dataset", synthetic_faces, or a build older than the feature).
-    ValueError listing what is built if the requested one is not.
+    ValueError listing what is built if the requested one is not; ValueError naming the dataset, column and row if a
+    value breaks the records contract (`records.validate`).
     """
     import tensorflow_datasets as tfds
 
     from aujax.data import builders
 
-    builder = tfds.builder_from_directory(_built_path(dataset, data_dir, options))
+    path = _built_path(dataset, data_dir, options)
+    builder = tfds.builder_from_directory(path)
     has_blendshapes = builders.BLENDSHAPE_FEATURE in builder.info.features
     source = builder.as_data_source(split="train")
     fields = ["landmarks", "labels", "intensity", "subject", "source"] + \
@@ -154,13 +156,14 @@ def load_records(dataset: str, data_dir: str, **options) -> records.FaceRecords:
     def read_images(rows: np.ndarray) -> np.ndarray:
         return _stack(source.__getitems__([int(i) for i in order[rows]]), "image", np.uint8)
 
-    return records.FaceRecords(image=records.LazyImages(len(examples), read_images),
-                               landmarks=_stack(examples, "landmarks", np.float32),
-                               labels=_stack(examples, "labels", np.uint8),
-                               intensity=_stack(examples, "intensity", np.float32),
-                               subject=_texts(examples, "subject"), source=_texts(examples, "source"), name=dataset,
-                               blendshapes=_stack(examples, builders.BLENDSHAPE_FEATURE, np.float32)
-                               if has_blendshapes else None)
+    faces = records.FaceRecords(image=records.LazyImages(len(examples), read_images),
+                                landmarks=_stack(examples, "landmarks", np.float32),
+                                labels=_stack(examples, "labels", np.uint8),
+                                intensity=_stack(examples, "intensity", np.float32),
+                                subject=_texts(examples, "subject"), source=_texts(examples, "source"), name=dataset,
+                                blendshapes=_stack(examples, builders.BLENDSHAPE_FEATURE, np.float32)
+                                if has_blendshapes else None)
+    return records.validate(faces, f"{dataset} ({path})")
 
 
 def _stack(examples: list[dict], field: str, dtype) -> np.ndarray:
