@@ -294,6 +294,21 @@ def test_options_are_checked_before_anything_is_built(tmp_path):
     assert builders.make_config("manifest", exclude_subjects="3, 16").name.endswith("excl_16_3")
 
 
+@pytest.mark.parametrize("dataset, option, value, expected", [
+        ("actor_study", "pain_only", "no", "True or False"), ("ck_plus", "margin", "wide", "float"),
+        ("ck_plus", "label_frames", 5, "str"), ("synthetic_faces", "num_subjects", "x", "int"),
+        ("unbc_mcmaster", "workers", 1.5, "int or None"), ("manifest", "margin", True, "float")])
+def test_an_option_of_the_wrong_type_is_refused_naming_it(tmp_path, dataset, option, value, expected):
+    with pytest.raises(ValueError, match=rf"^{dataset}: {option}={value!r}: expected {expected}$"):
+        builders.make_config(dataset, **{option: value})
+
+
+def test_options_as_the_command_line_gives_them_are_taken():
+    assert builders.make_config("actor_study", exclude_subjects=16).exclude_subjects == ("16",)
+    assert builders.make_config("ck_plus", margin=1).margin == 1
+    assert builders.make_config("unbc_mcmaster", workers=None).workers is None
+
+
 # --- synthetic ----------------------------------------------------------------------------------------------------
 
 def test_synthetic_faces_builder_holds_what_the_generator_makes(tmp_path):

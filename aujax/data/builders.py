@@ -31,6 +31,8 @@ import dataclasses
 import json
 import os
 import re
+import types
+import typing
 from typing import Any, Iterator
 
 import numpy as np
@@ -152,9 +154,9 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 
 
 def _subject_list(subjects) -> tuple[str, ...]:
-    """Subject ids from a tuple/list or a comma-separated string, as a sorted tuple of str."""
-    if isinstance(subjects, str):
-        subjects = subjects.split(",")
+    """Subject ids from a tuple/list, a comma-separated string or one id, as a sorted tuple of str."""
+    if isinstance(subjects, (str, int)):
+        subjects = str(subjects).split(",")
     return tuple(sorted({str(s).strip() for s in subjects if str(s).strip()}))
 
 
@@ -346,11 +348,37 @@ def make_config(dataset: str, **options) -> tfds.core.BuilderConfig:
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(f"{dataset}: unknown option(s) {unknown}; options are {known}")
+    _check_option_types(dataset, config_class, options)
     config = config_class(name="-", **options)
     config.validate()
     data_options = {k: v for k, v in _options(config).items() if k not in _BUILD_ONLY_OPTIONS}
     name = re.sub(r"[^\w.+-]+", "-", ".".join(config.name_parts()))
     return dataclasses.replace(config, name=name, description=json.dumps(data_options, sort_keys=True))
+
+
+def _check_option_types(dataset: str, config_class: type, options: dict[str, Any]) -> None:
+    """ValueError naming the first option whose value is not of its field's type (options come from the command
+    line as Python literals or strings, so "pain_only=no" arrives as the string 'no')."""
+    annotations = {f.name: f.type for f in dataclasses.fields(config_class)}
+    for name, value in options.items():
+        annotation = annotations[name]
+        kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+        if not any(_is_a(value, kind) for kind in kinds):
+            expected = " or ".join(_TYPE_NAMES.get(kind, getattr(kind, "__name__", str(kind))) for kind in kinds)
+            raise ValueError(f"{dataset}: {name}={value!r}: expected {expected}")
+
+
+_TYPE_NAMES = {bool: "True or False", type(None): "None"}
+
+
+def _is_a(value, kind) -> bool:
+    """Whether `value` serves for a field of type `kind`: a whole number does for a float, but a bool only for a bool;
+    subject ids (a tuple) may be a list, a comma-separated string or one id (`_subject_list`)."""
+    if typing.get_origin(kind) is tuple:
+        return isinstance(value, (tuple, list, str, int)) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
 
 
 def make_builder(dataset: str, data_dir: str, **options) -> tfds.core.GeneratorBasedBuilder:
