@@ -1,6 +1,12 @@
-"""Runs a mode of the command line: checks the settings, then calls the stages in order."""
+"""Runs a mode of the command line: checks the settings, then calls the stages in order.
+
+The run record, `workdir/config.json`, holds a run's settings (`_RUN_IDENTITY`) and a fingerprint of each role's data;
+it is written once training starts. A workdir that holds trained state (a checkpoint or a finished fold) refuses
+other settings (`prepare_workdir`) and other data (`run_record`) in every later mode.
+"""
 
 import ast
+import json
 import os
 import time
 
@@ -13,6 +19,7 @@ from aujax import localisation
 from aujax import model as model_lib
 from aujax import protocol
 from aujax import train
+from aujax.data import fingerprint
 
 MODES = {
     "all": "train every fold, evaluate, explain and verify, write the HTML report",
@@ -49,6 +56,8 @@ def check_settings(config) -> None:
     if config.explain.batch_size < 1 or config.explain.batch_size % devices:
         raise ValueError(f"--config.explain.batch_size={config.explain.batch_size} must be a positive multiple of the "
                          f"number of devices ({devices})")
+    if config.seed < 0:
+        raise ValueError(f"--seed={config.seed} must be a non-negative integer")
     if config.train.epochs < 1:
         raise ValueError(f"--epochs={config.train.epochs} must be at least 1")
     if not 0.0 < config.model.threshold < 1.0:
@@ -56,7 +65,10 @@ def check_settings(config) -> None:
 
 
 def prepare_workdir(workdir: str, config) -> None:
-    """Create `workdir`, check it is writable, and refuse one that holds a run with other settings."""
+    """Create `workdir`, check it is writable, and refuse one that holds trained state of a run with other settings.
+
+    A workdir whose config.json was never followed by a checkpoint or a finished fold (a refused or failed first
+    attempt) holds no run: other settings are welcome there."""
     try:
         os.makedirs(workdir, exist_ok=True)
         probe = os.path.join(workdir, f".write_test.{jax.process_index()}")  # processes may share the workdir
@@ -65,26 +77,71 @@ def prepare_workdir(workdir: str, config) -> None:
         os.remove(probe)
     except OSError as e:
         raise PermissionError(f"--workdir={workdir} is not a writable directory ({e.strerror})") from None
-    identity = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k] for k in _RUN_IDENTITY}
-    path = os.path.join(workdir, "config.json")
+    path = _record_path(workdir)
     saved = files.read_json(path)
-    if saved is not None and saved != identity:
-        changed = sorted(k for k in identity if saved.get(k) != identity[k])
+    if saved is None or not protocol.holds_trained_state(workdir):
+        return
+    settings = run_settings(config)
+    changed = [k for k in _RUN_IDENTITY if saved.get(k) != settings[k]]
+    if changed:
         raise ValueError(f"--workdir={workdir} holds a run with other settings ({', '.join(changed)} differ from "
                          f"{path}); use a new --workdir or the same settings")
+
+
+def run_settings(config) -> dict:
+    """The settings of `_RUN_IDENTITY`, as config.json holds them (JSON types)."""
+    return json.loads(json.dumps({k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
+                                  for k in _RUN_IDENTITY}))
+
+
+def run_record(workdir: str, config, roles: dict) -> dict:
+    """What `workdir/config.json` is to hold of this run: its settings and, under "fingerprints", a fingerprint of
+    each role's records (`aujax.data.fingerprint`).
+
+    ValueError naming each role whose data differ, and in what, from those that trained the workdir's run (where it
+    holds trained state and its config.json has fingerprints).
+    """
+    record = {**run_settings(config), "fingerprints": {role: fingerprint.fingerprint(r) for role, r in roles.items()}}
+    path = _record_path(workdir)
+    saved = files.read_json(path)
+    if saved is None or "fingerprints" not in saved or not protocol.holds_trained_state(workdir):
+        return record
+    differing = [f"the {role} role's {', '.join(fields)}" for role, current in record["fingerprints"].items()
+                 if (fields := fingerprint.differences(saved["fingerprints"].get(role, {}), current))]
+    if differing:
+        raise ValueError(f"{'; '.join(differing)} differ from those the run in --workdir={workdir} was trained on "
+                         f"({path}); use that data or a new --workdir")
+    return record
+
+
+def keep_run_record(workdir: str, record: dict) -> None:
+    """Write `record` to `workdir/config.json` (process 0) unless it is there already; call it once the run holds
+    trained state of these settings and data, or is about to. A config.json without fingerprints (an older aujax)
+    gets them, with an INFO line."""
+    path = _record_path(workdir)
+    saved = files.read_json(path)
+    if saved == record:
+        return
+    if saved is not None and "fingerprints" not in saved:
+        logging.info("%s has no data fingerprints (written by an older aujax): recording those of the data now; "
+                     "later modes refuse other data", path)
     if jax.process_index() == 0:
-        files.write_json(path, identity)
+        files.write_json(path, record)
+
+
+def _record_path(workdir: str) -> str:
+    return os.path.join(workdir, "config.json")
 
 
 def adopt_run_settings(workdir: str, config) -> None:
     """Modes that read a trained run take its settings from `workdir/config.json`, whatever the flags say."""
-    saved = files.read_json(os.path.join(workdir, "config.json"))
+    saved = files.read_json(_record_path(workdir))
     if saved is None:
         return
     with config.unlocked():
-        for key in _RUN_IDENTITY:
+        for key in (k for k in _RUN_IDENTITY if k in saved):
             config[key] = ml_collections.ConfigDict(saved[key]) if isinstance(saved[key], dict) else saved[key]
-    logging.info("using the settings of the trained run in %s", os.path.join(workdir, "config.json"))
+    logging.info("using the settings of the trained run in %s", _record_path(workdir))
 
 
 def run(mode: str, config, workdir: str, dataset: str | None = None, manual_dir: str | None = None,
@@ -107,9 +164,11 @@ def run(mode: str, config, workdir: str, dataset: str | None = None, manual_dir:
     logging.info("%d %s device(s) on %d host(s)", jax.device_count(), jax.devices()[0].platform,
                  jax.process_count())
     roles = protocol.load_roles(config)
+    record = run_record(workdir, config, roles)
     if mode in ("train", "all"):
-        protocol.run_training(config, workdir, roles)
+        protocol.run_training(config, workdir, roles, on_start=lambda: keep_run_record(workdir, record))
     outcome = protocol.loso_outcome(config, workdir, roles)
+    keep_run_record(workdir, record)
     if mode in ("train", "evaluate", "all"):
         protocol.evaluate(config, workdir, roles, outcome)
     if mode in ("explain", "all"):

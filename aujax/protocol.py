@@ -18,6 +18,7 @@ Table 1 the cv images of the folds' subjects (those the pooled row scores), in T
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -89,6 +90,30 @@ def fold_dir(workdir: str, fold: int) -> str:
     return os.path.join(workdir, "checkpoints", f"fold_{fold:02d}")
 
 
+def finished_fold(workdir: str, fold: train.FoldSpec) -> FoldResult | None:
+    """The saved result of `fold`, None if it has not finished; ValueError where the saved result held out other
+    images than the fold holds out now (the data changed since)."""
+    directory = fold_dir(workdir, fold.fold)
+    done = FoldResult.load(directory)
+    if done is not None and (done.name != fold.name or not np.array_equal(done.test_index, fold.test_index)):
+        raise ValueError(f"{directory} holds the result of a fold that held out {len(done.test_index)} images of "
+                         f"subject {done.name}; this fold holds out {len(fold.test_index)} of subject {fold.name}: "
+                         "the data differ from those the run was trained on; use them or a new --workdir")
+    return done
+
+
+def holds_trained_state(workdir: str) -> bool:
+    """Whether `workdir` holds a finished fold or a checkpoint of one (an orbax step directory in `latest/`)."""
+    root = os.path.join(workdir, "checkpoints")
+    folds = [os.path.join(root, name) for name in os.listdir(root)] if os.path.isdir(root) else []
+    return any(os.path.isfile(os.path.join(f, "result.json")) or _holds_step(os.path.join(f, "latest")) for f in folds)
+
+
+def _holds_step(checkpoint_dir: str) -> bool:
+    """Whether the orbax directory `checkpoint_dir` holds a finished step (a directory named by its number)."""
+    return os.path.isdir(checkpoint_dir) and any(name.isdigit() for name in os.listdir(checkpoint_dir))
+
+
 def load_roles(config) -> dict[str, records.FaceRecords]:
     roles = {}
     for role in sources.ROLES:
@@ -98,16 +123,24 @@ def load_roles(config) -> dict[str, records.FaceRecords]:
     return roles
 
 
-def run_training(config, workdir: str, roles: dict) -> list[FoldResult]:
-    """Train every fold not finished yet; return the results of all folds."""
-    trainer = train.Trainer(model_lib.create_model(config.model.widths), train_config(config), train.make_mesh())
+def run_training(config, workdir: str, roles: dict, on_start: Callable[[], None] = lambda: None
+                 ) -> list[FoldResult]:
+    """Train every fold not finished yet; return the results of all folds.
+
+    All folds are checked first, before anything is written: a finished one must have held out the images it holds
+    out now (`finished_fold`), an unfinished one needs at least one batch of training images. `on_start` is called
+    then, before the first fold trains.
+    """
     resident, folds = build_folds(roles["train"], roles["cv"], config.protocol.max_folds)
+    finished = [finished_fold(workdir, fold) for fold in folds]
+    check_batches([fold for fold, done in zip(folds, finished) if done is None], config.train.batch_size)
+    on_start()
+    trainer = train.Trainer(model_lib.create_model(config.model.widths), train_config(config), train.make_mesh())
     data = train.put_on_devices(resident, trainer.mesh)
     stop = train.StopRequested().install()
     results = []
-    for fold in folds:
+    for fold, done in zip(folds, finished):
         directory = fold_dir(workdir, fold.fold)
-        done = FoldResult.load(directory)
         if done is None:
             logging.info("fold %d/%d: holding out subject %s (%d train, %d test images)", fold.fold + 1,
                          len(folds), fold.name, len(fold.train_index), len(fold.test_index))
@@ -121,6 +154,15 @@ def run_training(config, workdir: str, roles: dict) -> list[FoldResult]:
             distributed.barrier(f"fold {fold.fold} saved")  # the other processes read it in `evaluate`
         results.append(done)
     return results
+
+
+def check_batches(folds: list[train.FoldSpec], batch_size: int) -> None:
+    """ValueError naming the folds with fewer training images than one batch of `batch_size`."""
+    short = [f"{fold.name} ({len(fold.train_index)} training images)" for fold in folds
+             if len(fold.train_index) < batch_size]
+    if short:
+        raise ValueError(f"the folds holding out {', '.join(short)} have fewer training images than one batch of "
+                         f"{batch_size}; lower --batch_size")
 
 
 def loso_scores(results: list[FoldResult], labels: np.ndarray, threshold: float, min_support: int):
@@ -202,7 +244,7 @@ class LosoOutcome:
 def loso_outcome(config, workdir: str, roles: dict) -> LosoOutcome:
     """Scores of the saved fold results and the best fold's model; FileNotFoundError naming unfinished folds."""
     resident, folds = build_folds(roles["train"], roles["cv"], config.protocol.max_folds)
-    results = [FoldResult.load(fold_dir(workdir, f.fold)) for f in folds]
+    results = [finished_fold(workdir, f) for f in folds]
     missing = [f.name for f, r in zip(folds, results) if r is None]
     if missing:
         raise FileNotFoundError(f"{workdir}: folds for subjects {missing} have not finished; run --mode=train")
