@@ -11,6 +11,7 @@ and the metrics, so heatmaps never leave the device. μ counts only correctly pr
 
 import csv
 import functools
+import hashlib
 import os
 
 import jax
@@ -222,8 +223,10 @@ def explain_image(config, workdir: str, image_path: str, checkpoint: str | None)
 
     The model is the best fold's of the trained run in `workdir` (from `results/summary.json`), or the newest
     checkpoint in `checkpoint` (an orbax directory such as `<workdir>/checkpoints/fold_03/latest`). Outputs land in
-    `workdir/explain_image/<image stem>/`. μ is given for every AU (no label is known: it says where the model looks
-    for each AU, whatever it decided).
+    `workdir/explain_image/<name>/` (`explain_image_dir`): `<name>` is the image's stem for the first photo of that
+    stem, `<stem>-<8 hex digits of a SHA-256 of its absolute path>` for a photo of the same stem elsewhere; explaining
+    the same path again replaces its earlier result, and says so. μ is given for every AU (no label is known: it says
+    where the model looks for each AU, whatever it decided).
     """
     from aujax import figures, protocol
     from aujax import model as model_lib
@@ -248,7 +251,9 @@ def explain_image(config, workdir: str, image_path: str, checkpoint: str | None)
     probabilities = np.asarray(jax.nn.sigmoid(logits))[0]
     mu = np.where(np.asarray(scores.defined["mu"])[0], np.asarray(scores.values["mu"])[0], np.nan)
 
-    out_dir = os.path.join(workdir, "explain_image", os.path.splitext(os.path.basename(image_path))[0])
+    out_dir = explain_image_dir(os.path.join(workdir, "explain_image"), image_path)
+    if os.path.isfile(os.path.join(out_dir, "result.json")):
+        print(f"Replacing the earlier result of {image_path} in {os.path.abspath(out_dir)}", flush=True)
     os.makedirs(out_dir, exist_ok=True)
     from PIL import Image  # pillow comes with matplotlib
 
@@ -273,3 +278,21 @@ def explain_image(config, workdir: str, image_path: str, checkpoint: str | None)
                      f"  {mu_text:>6}")
     print("\n".join(lines) + f"\n\nOutputs in {os.path.abspath(out_dir)}", flush=True)
     return result
+
+
+def explain_image_dir(root: str, image_path: str) -> str:
+    """The directory under `root` for the results of the photo `image_path`, never one holding another photo's.
+
+    It is `root/<stem>` or `root/<stem>-<8 hex digits of a SHA-256 of the absolute path>`: the one whose result.json
+    names this photo, else the first without a result.json. ValueError where both hold other photos' results.
+    """
+    path = os.path.abspath(image_path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    digest = hashlib.sha256(path.encode()).hexdigest()[:8]
+    candidates = [os.path.join(root, stem), os.path.join(root, f"{stem}-{digest}")]
+    owners = [files.read_json(os.path.join(c, "result.json"), {}).get("image") for c in candidates]
+    for wanted in (path, None):
+        if wanted in owners:
+            return candidates[owners.index(wanted)]
+    raise ValueError(f"{' and '.join(candidates)} hold the results of other photos ({', '.join(owners)}); move one "
+                     f"away to explain {path}")

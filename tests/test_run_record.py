@@ -1,5 +1,6 @@
 """The run record: `workdir/config.json` keeps a run's settings and a fingerprint of each role's data; later modes
-refuse other data; a refused or failed first attempt leaves no settings behind.
+refuse other data; a refused or failed first attempt leaves no settings behind; explained photos of the same name
+never share a directory.
 
 One tiny run (module fixture, in process): 2 cv subjects of 4 images, 16 train-role images, 1 epoch of batch 8.
 """
@@ -14,11 +15,12 @@ import types
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from aujax import pipeline
 from aujax.data import fingerprint, records
 from experiments import default
-from tests.conftest import TINY_WIDTHS, patch_records
+from tests.conftest import REPO, TINY_WIDTHS, patch_records
 
 ROLES = {"train": (2, 8, "C"), "cv": (2, 4, "A"), "cross": (1, 4, "U")}  # subjects, images each, subject prefix
 
@@ -175,3 +177,21 @@ def test_settings_of_an_attempt_that_never_trained_are_not_held_against_the_next
     (workdir / "checkpoints" / "fold_00" / "latest" / "2").mkdir()  # a checkpoint: now the workdir holds a run
     with pytest.raises(ValueError, match=r"holds a run with other settings \(seed differ"):
         pipeline.prepare_workdir(str(workdir), tiny_config(trained.data))
+
+
+def test_explained_photos_of_the_same_name_keep_apart_and_a_rerun_says_it_replaces(trained, tmp_path, capsys):
+    astronaut = Image.open(os.path.join(REPO, "tests", "data", "astronaut.png"))
+    photos = [tmp_path / "a" / "photo.png", tmp_path / "b" / "photo.png"]
+    for photo, image in zip(photos, (astronaut, astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT))):
+        photo.parent.mkdir()
+        image.save(photo)
+    outputs = []
+    for photo in (*photos, photos[0]):
+        pipeline.run("explain_image", tiny_config(trained.data), str(trained.workdir), image=str(photo))
+        outputs.append(capsys.readouterr().out)
+    root = trained.workdir / "explain_image"
+    names = sorted(os.listdir(root))
+    assert len(names) == 2 and names[0] == "photo" and names[1].startswith("photo-")
+    assert [json.loads((root / n / "result.json").read_text())["image"] for n in names] == [str(p) for p in photos]
+    assert "Replacing" not in outputs[0] + outputs[1]
+    assert f"Replacing the earlier result of {photos[0]} in {root / 'photo'}" in outputs[2]
