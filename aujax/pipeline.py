@@ -109,8 +109,8 @@ def run_record(workdir: str, config, roles: dict) -> dict:
     differing = [f"the {role} role's {', '.join(fields)}" for role, current in record["fingerprints"].items()
                  if (fields := fingerprint.differences(saved["fingerprints"].get(role, {}), current))]
     if differing:
-        raise ValueError(f"{'; '.join(differing)} differ from those the run in --workdir={workdir} was trained on "
-                         f"({path}); use that data or a new --workdir")
+        raise ValueError(f"{'; '.join(differing)} differ from those the run in --workdir={workdir} was trained and "
+                         f"evaluated on ({path}); use that data or a new --workdir")
     return record
 
 

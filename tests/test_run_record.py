@@ -92,7 +92,7 @@ def test_later_modes_refuse_a_cv_role_of_other_faces_and_labels_and_leave_the_ta
                 pipeline.run(mode, tiny_config(trained.data), str(trained.workdir))
             message = str(refused.value)
             assert message.startswith("the cv role's labels, intensity, landmarks, images differ from those the run "
-                                      f"in --workdir={trained.workdir} was trained on"), (mode, message)
+                                      f"in --workdir={trained.workdir} was trained and evaluated on"), (mode, message)
             assert "config.json" in message and "\n" not in message
     assert (trained.workdir / "results" / "table1_f1.json").read_text() == table1
 
