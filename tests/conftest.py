@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -28,6 +29,32 @@ def patch_records(num_subjects: int, per_subject: int, seed: int, prefix: str, n
     subject = np.array([f"{prefix}{i // per_subject:03d}" for i in range(n)])
     return FaceRecords(image, landmarks, labels, labels.astype(np.float32), subject,
                        np.array([f"{name}:{i}" for i in range(n)]), name)
+
+
+# Tolerances for numbers computed by two different programs or layouts (1 vs N devices, 1 vs 2 processes, other
+# batch sizes): each says what error it allows for, and why a real defect would exceed it by far.
+
+# Parameters, batch statistics and momentum after a few train steps on two layouts, per leaf in L2 relative to the
+# leaf (`tree_relative_difference`): reordered float32 sums moved them by <= 1.0e-5 here (BN-bias gradients are sums
+# that cancel, which magnifies their rounding); one image swapped in one batch moves them by >= 3e-2.
+CROSS_LAYOUT_REL = 1e-3
+
+
+def tree_relative_difference(a, b) -> float:
+    """The largest ||a_leaf - b_leaf||_2 / ||a_leaf||_2 over the leaves of two pytrees of the same structure."""
+    worst = 0.0
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        worst = max(worst, float(np.linalg.norm(x - y) / max(np.linalg.norm(x), np.finfo(np.float32).tiny)))
+    return worst
+
+
+def float32_ratio_rtol(terms: int) -> float:
+    """Worst-case relative error of a ratio of two float32 sums of `terms` terms each, when two programs add them in
+    different orders (2 (terms - 1) eps for the two sums): the bound for localisation metrics (μ and kin) computed
+    batched against single, jitted against eager, chunked against whole. A wrong pixel, mask or AU moves such a ratio
+    by about 1 / terms or more, far beyond it."""
+    return 2 * terms * float(np.finfo(np.float32).eps)
 
 
 def run_python(code: str, env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -25,7 +25,7 @@ import pytest
 
 from aujax import distributed
 from experiments.kill_and_resume import child_env, restore_arrays, saved_steps
-from tests.conftest import REPO, patch_records
+from tests.conftest import CROSS_LAYOUT_REL, REPO, patch_records, tree_relative_difference
 
 COMPILATION_CACHE = os.environ.get("AUJAX_TEST_JAX_CACHE", os.path.join(tempfile.gettempdir(), "aujax-test-jax-cache"))
 ARGS = ["--mode=train", "--width=4,8,8,8", "--batch_size=8", "--config.protocol.max_folds=1",
@@ -122,9 +122,8 @@ def test_two_processes_train_like_one_process_and_their_checkpoint_restores_in_o
     assert STEPS_PER_EPOCH in saved_steps(two_dir), f"{two_dir}: the epoch 1 checkpoint is gone (stopped too late)"
     two = restore_arrays(str(two_dir), STEPS_PER_EPOCH)
     one = restore_arrays(str(runs["root"] / "one" / "checkpoints" / "fold_00" / "latest"), STEPS_PER_EPOCH)
-    for part in ("params", "batch_stats", "opt_state"):
-        for a, b in zip(jax.tree_util.tree_leaves(one[part]), jax.tree_util.tree_leaves(two[part])):
-            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=part)
+    for part in ("params", "batch_stats", "opt_state"):  # the same 8 devices; gloo sums in another order
+        assert tree_relative_difference(one[part], two[part]) <= CROSS_LAYOUT_REL, part
     assert int(two["step"]) == int(one["step"]) == STEPS_PER_EPOCH
 
 

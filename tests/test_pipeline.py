@@ -118,4 +118,7 @@ def test_explain_with_mu_alone_on_4_devices_gives_the_mu_of_one_device_and_skips
             if scores["mu"] is None:
                 assert b["scores"][au]["mu"] is None
             else:
-                assert b["scores"][au]["mu"] == pytest.approx(scores["mu"], rel=1e-4, abs=1e-6), (a["method"], au)
+                # float32 rounding of other per-device batch shapes, magnified by LRP's z+ and epsilon denominators
+                # of weakly active units: |delta mu| <= 1.2e-5 on 1, 2, 4 and 8 devices here; a mixed-up image, AU
+                # or row moves a mean over <= 8 pairs by ~1e-3 or more (the mu differ by more between AUs)
+                assert b["scores"][au]["mu"] == pytest.approx(scores["mu"], rel=0, abs=1e-4), (a["method"], au)
