@@ -59,6 +59,8 @@ def test_bad_localisation_metrics(tmp_path):
 
 def test_workdir_of_another_configuration_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"seed": 123}))
+    (tmp_path / "checkpoints" / "fold_00").mkdir(parents=True)  # it trained: a finished fold
+    (tmp_path / "checkpoints" / "fold_00" / "result.json").write_text("{}")
     _assert_clean_error(_main(f"--workdir={tmp_path}"), "holds a run with other settings")
 
 
