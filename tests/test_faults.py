@@ -1,0 +1,71 @@
+"""Faults a run meets, and how it ends: a full disk is one clear error, and no write leaves half a file behind.
+
+The full-disk tests need a tmpfs mount (root) and are skipped where this process may not mount one.
+"""
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from aujax import files
+
+
+@contextlib.contextmanager
+def _tmpfs(path, size: str):
+    """A tmpfs of `size` mounted at `path` within, or None where this process may not mount one."""
+    os.makedirs(path, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                      capture_output=True).returncode:
+        yield None
+        return
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    with _tmpfs(tmp_path / "disk", "2m") as disk:
+        if disk is None:
+            pytest.skip("a full filesystem needs a tmpfs mount (root)")
+        yield disk
+
+
+def _fill(disk, leave: int):
+    """A file that leaves about `leave` bytes free on `disk`; returns its path."""
+    filler = disk / "filler"
+    free = shutil.disk_usage(disk).free
+    with open(filler, "ab") as f:
+        f.write(b"\0" * max(0, free - leave))
+    return filler
+
+
+def test_a_write_to_a_full_disk_names_path_and_space_and_leaves_the_old_file_and_no_tmp(small_disk):
+    table, predictions = small_disk / "results" / "table.json", small_disk / "predictions.npz"
+    files.write_json(str(table), {"rows": [1]})
+    _fill(small_disk, leave=0)
+    rows = {"rows": list(range(50_000))}
+    with pytest.raises(files.DiskFullError, match=re.escape(
+            f"no space left on device writing {table} (disk full or quota used up): "
+            f"{files.format_bytes(len(json.dumps(rows, indent=2)))} needed, ")):
+        files.write_json(str(table), rows)
+    with pytest.raises(files.DiskFullError, match=re.escape(f"writing {predictions} (disk full or quota used up): "
+                                                            "400.0 kB needed")):
+        files.write_npz(str(predictions), probabilities=np.zeros((100, 1000), np.float32))
+    assert json.loads(table.read_text()) == {"rows": [1]}
+    assert sorted(os.listdir(small_disk)) == ["filler", "results"] and os.listdir(table.parent) == ["table.json"]
+
+
+def test_write_npz_writes_a_file_numpy_reads(tmp_path):
+    files.write_npz(str(tmp_path / "a" / "p.npz"), index=np.arange(3), probabilities=np.eye(3, dtype=np.float32))
+    with np.load(tmp_path / "a" / "p.npz", allow_pickle=False) as saved:
+        np.testing.assert_array_equal(saved["index"], np.arange(3))
+        np.testing.assert_array_equal(saved["probabilities"], np.eye(3))
+    assert os.listdir(tmp_path / "a") == ["p.npz"]
