@@ -1,4 +1,5 @@
-"""Faults a run meets, and how it ends: a full disk is one clear error, and no write leaves half a file behind.
+"""Faults a run meets, and how it ends: a full disk is one clear error, and no write leaves half a file behind; a
+workdir is held by one run at a time.
 
 The full-disk tests need a tmpfs mount (root) and are skipped where this process may not mount one.
 """
@@ -8,12 +9,15 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from aujax import files
+from aujax import files, workdir_lock
+from tests.conftest import REPO
 
 
 @contextlib.contextmanager
@@ -69,3 +73,25 @@ def test_write_npz_writes_a_file_numpy_reads(tmp_path):
         np.testing.assert_array_equal(saved["index"], np.arange(3))
         np.testing.assert_array_equal(saved["probabilities"], np.eye(3))
     assert os.listdir(tmp_path / "a") == ["p.npz"]
+
+
+def test_the_workdir_lock_is_exclusive_names_its_holder_and_dies_with_it(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom aujax import workdir_lock\nwith workdir_lock.held(sys.argv[1]):\n"
+         "    print('held', flush=True)\n    time.sleep(600)", str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(workdir_lock.WorkdirInUseError, match=re.escape(
+                f"--workdir={tmp_path} is in use by process {holder.pid} on host {socket.gethostname()}")):
+            with workdir_lock.held(str(tmp_path)):
+                pass
+    finally:
+        holder.kill()  # SIGKILL: the holder cleans nothing up
+        holder.wait()
+    with workdir_lock.held(str(tmp_path)):
+        with pytest.raises(workdir_lock.WorkdirInUseError, match=f"in use by process {os.getpid()} "):
+            with workdir_lock.held(str(tmp_path)):
+                pass
+    with workdir_lock.held(str(tmp_path)):  # released when its holder left the block
+        pass
