@@ -10,12 +10,17 @@ over 'data' hands each device its part of the batch (`gather_batch`), converted 
 `jax.jit` the batch-norm statistics are means over the whole global batch, so they are the same on every device.
 
 The data order of epoch e of fold f is a permutation drawn from `(seed, fold, e)`, so a run that is stopped and resumed
-from a checkpoint takes exactly the steps an uninterrupted run takes.
+from a checkpoint takes exactly the steps an uninterrupted run takes. SIGTERM, and Ctrl-C while a fold trains, stop
+training after a checkpoint (`StopRequested`). A checkpoint the filesystem has no room for is refused before orbax
+writes anything, and a full disk met while writing is `files.DiskFullError` too: the run resumes from the last
+complete checkpoint once there is space.
 """
 
+import contextlib
 import dataclasses
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -197,20 +202,37 @@ def epoch_order(train_index: np.ndarray, seed: int, fold: int, epoch: int, batch
 
 
 class StopRequested:
-    """Set by SIGTERM (preemptible machines): training saves a checkpoint at the next step and stops.
+    """Set by SIGTERM (preemptible machines), or by Ctrl-C (SIGINT) while a fold trains: training saves a checkpoint at
+    the next step and stops (`TrainingStopped`). A second Ctrl-C stops at once (KeyboardInterrupt), as Ctrl-C does
+    outside `ctrl_c_deferred`.
 
     With several processes SIGTERM may reach some hosts only, or at different steps, while a checkpoint needs every
     process. There JAX's preemption service catches SIGTERM (so no Python handler is installed over it) and names a
-    step that all processes stop at; `after_step` asks it.
+    step that all processes stop at; `after_step` asks it. Ctrl-C there is passed on to it as SIGTERM.
     """
 
     def __init__(self):
         self.requested = False
+        self._ctrl_c_pressed = False
 
     def install(self):
         if hasattr(signal, "SIGTERM") and jax.process_count() == 1:
             signal.signal(signal.SIGTERM, self._handle)
         return self
+
+    @contextlib.contextmanager
+    def ctrl_c_deferred(self):
+        """Within, Ctrl-C asks to stop after a checkpoint; Python's handler (KeyboardInterrupt) is restored after.
+
+        Signals reach the main thread only: elsewhere this changes nothing."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._handle_ctrl_c)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def after_step(self, step: int) -> None:
         """Call after every train step, on every process; `step` counts the fold's steps, as its checkpoints do."""
@@ -222,9 +244,19 @@ class StopRequested:
         logging.warning("SIGTERM received: saving a checkpoint and stopping")
         self.requested = True
 
+    def _handle_ctrl_c(self, signum, frame):
+        if self._ctrl_c_pressed:
+            raise KeyboardInterrupt
+        self._ctrl_c_pressed = True
+        logging.warning("Ctrl-C: saving a checkpoint at the next step and stopping (Ctrl-C again stops at once)")
+        if jax.process_count() > 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption service then stops every process at one step
+        else:
+            self.requested = True
+
 
 class TrainingStopped(RuntimeError):
-    """Raised after the checkpoint written on SIGTERM; the run resumes from it when started again."""
+    """Raised after the checkpoint written on SIGTERM or Ctrl-C; the run resumes from it when started again."""
 
 
 def _checkpoint_manager(directory: str, max_to_keep: int, best: bool) -> ocp.CheckpointManager:
@@ -326,7 +358,9 @@ def fit_fold(trainer: Trainer, fold: FoldSpec, data: DeviceData, labels: np.ndar
     if steps_per_epoch == 0:
         raise ValueError(f"fold {fold.name}: {len(fold.train_index)} training images, fewer than one batch of "
                          f"{cfg.batch_size}; lower --batch_size")
-    try:
+    needed = _tree_bytes(state)
+    with files.disk_full_named(checkpoint_dir, needed), stop.ctrl_c_deferred(), contextlib.closing(latest), \
+            contextlib.closing(best):  # closing waits for pending saves
         step = int(state["step"])
         while step < cfg.epochs * steps_per_epoch:
             epoch, offset = divmod(step, steps_per_epoch)
@@ -340,6 +374,7 @@ def fit_fold(trainer: Trainer, fold: FoldSpec, data: DeviceData, labels: np.ndar
                 periodic = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
                 if step % steps_per_epoch and (stop.requested or periodic):  # epoch ends are saved below
                     _check_finite(losses, fold, epoch, step - len(losses))
+                    _check_room(latest, needed)
                     latest.save(step, args=ocp.args.StandardSave(state))
                     _stop_if_requested(stop, latest, fold, step)
             _check_finite(losses, fold, epoch, step - len(losses))
@@ -360,14 +395,29 @@ def fit_fold(trainer: Trainer, fold: FoldSpec, data: DeviceData, labels: np.ndar
                          record["images_per_second"])
             if jax.process_index() == 0:  # before the checkpoint: a resume drops records newer than its step
                 files.write_json(history_path, history)
+            _check_room(latest, needed * (2 if improved else 1))  # latest/, and best/ where improved
             latest.save(step, args=ocp.args.StandardSave(state))
             if improved:  # an epoch that is not better would be deleted by the manager at once
                 best.save(step, args=ocp.args.StandardSave(state), metrics={"mean_f1": _best_score(held_out_f1)})
             _stop_if_requested(stop, latest, fold, step)
-    finally:
-        latest.close()  # waits for pending saves
-        best.close()
     return {"params": state["params"], "batch_stats": state["batch_stats"]}, history
+
+
+def _tree_bytes(tree) -> int:
+    """The bytes of the arrays of `tree` (global arrays: all their shards)."""
+    return sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def _check_room(manager: ocp.CheckpointManager, needed: int) -> None:
+    """DiskFullError before a checkpoint of `needed` bytes is written where the filesystem of `manager` has less free:
+    a save that runs out of space fails in orbax's writer threads, which print their tracebacks. Every process takes
+    the same branch, as a save needs them all."""
+    directory = str(manager.directory)
+    room = files.free_bytes(directory) >= needed
+    if jax.process_count() > 1:
+        room = bool(np.all(multihost_utils.process_allgather(np.asarray(room))))
+    if not room:
+        raise files.DiskFullError(files.disk_full_message(directory, needed))
 
 
 def _best_score(held_out_f1: float | None) -> float:

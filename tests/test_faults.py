@@ -1,5 +1,6 @@
-"""Faults a run meets, and how it ends: a full disk is one clear error, and no write leaves half a file behind; a
-workdir is held by one run at a time.
+"""Faults a run meets, and how it ends: Ctrl-C in training stops after a checkpoint (a second one at once); a full disk
+is one clear error, and no write leaves half a file behind; training stopped by a full disk resumes exactly; a workdir
+is held by one run at a time.
 
 The full-disk tests need a tmpfs mount (root) and are skipped where this process may not mount one.
 """
@@ -9,15 +10,19 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
-from aujax import files, workdir_lock
+from aujax import files, train, workdir_lock
+from experiments.kill_and_resume import saved_steps
 from tests.conftest import REPO
+from tests.test_train import _cfg, _fold_setup
 
 
 @contextlib.contextmanager
@@ -49,6 +54,54 @@ def _fill(disk, leave: int):
     with open(filler, "ab") as f:
         f.write(b"\0" * max(0, free - leave))
     return filler
+
+
+def test_a_second_ctrl_c_stops_at_once_and_ctrl_c_is_python_s_again_after_training():
+    stop, before = train.StopRequested(), signal.getsignal(signal.SIGINT)
+    with stop.ctrl_c_deferred():
+        signal.raise_signal(signal.SIGINT)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_ctrl_c_in_a_multi_host_run_is_passed_on_as_sigterm_to_jax_s_preemption_service(monkeypatch):
+    """Which picks one step for every process to stop at (tests/test_multihost.py: SIGTERM to one of 2 processes)."""
+    sent = []
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(os, "kill", lambda pid, signum: sent.append((pid, signum)))
+    stop = train.StopRequested()
+    with stop.ctrl_c_deferred():
+        signal.raise_signal(signal.SIGINT)
+    assert sent == [(os.getpid(), signal.SIGTERM)] and not stop.requested  # set at the agreed step by after_step
+
+
+def test_a_disk_that_fills_while_orbax_writes_is_a_disk_full_error_and_the_fold_resumes_exactly(tmp_path, small_disk):
+    """Stopped after the checkpoint of step 2, then resumed with room for the state (67.5 kB) but not for its
+    checkpoint (about 220 kB with orbax's metadata): orbax's writer threads fail, and the error they hand to the main
+    thread is a DiskFullError naming the fold's directory."""
+    trainer, fold, data, labels = _fold_setup(_cfg())  # 2 epochs of 2 steps
+    straight, straight_history = train.fit_fold(trainer, fold, data, labels, str(tmp_path / "straight"),
+                                                train.StopRequested())
+
+    class StopAtStep2(train.StopRequested):
+        def after_step(self, step):
+            self.requested = step == 2
+
+    directory = small_disk / "fold"
+    with pytest.raises(train.TrainingStopped):
+        train.fit_fold(trainer, fold, data, labels, str(directory), StopAtStep2())
+    filler = _fill(small_disk, leave=160_000)
+    with pytest.raises(files.DiskFullError, match=f"no space left on device writing {re.escape(str(directory))} "
+                                                  ".*kB needed"):
+        train.fit_fold(trainer, fold, data, labels, str(directory), train.StopRequested())
+    assert saved_steps(str(directory / "latest")) == [2]  # and the tmp directory of step 4, which orbax ignores
+    filler.unlink()
+    resumed, resumed_history = train.fit_fold(trainer, fold, data, labels, str(directory), train.StopRequested())
+    for a, b in zip(jax.tree_util.tree_leaves(straight), jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert [(h["step"], h["loss"]) for h in resumed_history] == [(h["step"], h["loss"]) for h in straight_history]
 
 
 def test_a_write_to_a_full_disk_names_path_and_space_and_leaves_the_old_file_and_no_tmp(small_disk):
