@@ -3,22 +3,34 @@
   python -m aujax.main                                   # the whole protocol on small synthetic data (CPU, ~5 min)
   python -m aujax.main --config=experiments/paper.py     # the paper's protocol
   python -m aujax.main --mode=preprocess --dataset=ck_plus --manual_dir=... --data_dir=...
+
+A run that fails ends with one line `aujax: error: ...` on stderr and exit status 1: a bad flag or config field, bad
+data, a workdir in use by another run (`aujax.workdir_lock`) or on a full disk, Ctrl-C, a stop by request each say
+what happened and what to do. An unexpected error says so in that line and names the log file that holds its
+traceback: `<workdir>/logs/error-<time>-<pid>.log`, or the temp directory where the workdir cannot take it.
 """
 
+import contextlib
 import logging as std_logging
 import os
+import re
+import signal
 import sys
+import tempfile
+import time
+import traceback
 
+import jax
 from absl import app, flags, logging
-from ml_collections import config_flags
+from ml_collections.config_flags import config_flags, config_path
 
-from aujax import distributed, pipeline
+from aujax import distributed, files, pipeline, workdir_lock
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
                                "default.py")
+_CONFIG_OVERRIDE = re.compile(r"-{1,2}(?:no)?config\.([^=]+)")
+_KNOWN_ERRORS = (*pipeline.USER_ERRORS, files.DiskFullError, workdir_lock.WorkdirInUseError)
 
-config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file (override fields with "
-                                "--config.train.epochs=3 and the like).", lock_config=True)
 flags.DEFINE_string("workdir", "workdir", "Directory for checkpoints and results.")
 flags.DEFINE_enum("mode", "all", pipeline.MODES, "What to run: " + "; ".join(
     f"{m}: {d}" for m, d in pipeline.MODES.items()))
@@ -73,6 +85,58 @@ def _config_with_flags():
     return config
 
 
+def _parse_command_line(argv: list[str]) -> list[str]:
+    """app.run's flag parser: defines --config, then parses every flag; a bad one ends the run with one error line.
+
+    ml_collections reads the config file and its `--config.<field>` overrides (from sys.argv) as soon as --config is
+    defined, or parsed where the command line names a file, and raises a bare AttributeError for a field the config
+    lacks: the overrides are checked first."""
+    try:
+        _check_config_overrides(argv)
+        config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file (override fields with "
+                                        "--config.train.epochs=3 and the like).", lock_config=True)
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(str(e))
+
+
+def _check_config_overrides(argv: list[str]) -> None:
+    """flags.Error for a config file that cannot be read, or an override `--config.<field>` of a field it lacks."""
+    argv = flags.FLAGS.read_flags_from_files(argv, force_gnu=False)
+    path = _config_file(argv)
+    config = config_flags.ConfigFileFlagParser(name="config").parse(path)
+    try:
+        sections = list(config.keys())  # the parser defers a file's read error to the config's first use
+    except OSError as e:
+        raise flags.Error(f"--config={path}: cannot read the config file ({str(e).splitlines()[-1].strip()})") from None
+    for field in (m.group(1) for m in map(_CONFIG_OVERRIDE.match, argv) if m):
+        try:
+            config_path.get_type(field, config)
+        except (AttributeError, KeyError, IndexError):
+            raise flags.Error(_unknown_field_message(field, config, sections)) from None
+
+
+def _config_file(argv: list[str]) -> str:
+    """The config file that `--config=FILE` or `--config FILE` names, else the default."""
+    for arg, following in zip(argv, [*argv[1:], None]):
+        if arg in ("--config", "-config") and following is not None:
+            return following
+        if match := re.match(r"-{1,2}config=(.*)", arg):
+            return match.group(1)
+    return _DEFAULT_CONFIG
+
+
+def _unknown_field_message(field: str, config, sections: list[str]) -> str:
+    """'--config.train.epoch: no such field (config.train has epochs, ...); the top-level sections are ...'."""
+    parent = field.rpartition(".")[0]
+    try:
+        siblings = config_path.get_value(parent, config).keys() if parent else None
+    except (AttributeError, KeyError, IndexError):  # the parent is missing too
+        siblings = None
+    where = f" (config.{parent} has {', '.join(siblings)})" if siblings else ""
+    return f"--config.{field}: no such field{where}; the top-level sections are {', '.join(sections)}"
+
+
 def _show_only_aujax_info() -> None:
     """INFO lines from aujax only (progress); libraries such as orbax speak at WARNING and above."""
     package_dir = os.path.dirname(os.path.abspath(__file__))
@@ -86,16 +150,59 @@ def main(argv):
     _show_only_aujax_info()
     FLAGS = flags.FLAGS
     try:
-        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                               FLAGS.local_device_ids, mode=FLAGS.distributed)
-        pipeline.run(FLAGS.mode, _config_with_flags(), FLAGS.workdir, dataset=FLAGS.dataset,
-                     manual_dir=FLAGS.manual_dir, image=FLAGS.image, checkpoint=FLAGS.checkpoint,
-                     preprocess_options=pipeline.parse_options(FLAGS.preprocess_option))
-    except pipeline.USER_ERRORS as e:
-        logging.error("%s", e)
-        print(f"aujax: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        multi_host = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                                            FLAGS.local_device_ids, mode=FLAGS.distributed)
+        with _workdir_lock(FLAGS.workdir, multi_host):
+            pipeline.run(FLAGS.mode, _config_with_flags(), FLAGS.workdir, dataset=FLAGS.dataset,
+                         manual_dir=FLAGS.manual_dir, image=FLAGS.image, checkpoint=FLAGS.checkpoint,
+                         preprocess_options=pipeline.parse_options(FLAGS.preprocess_option))
+    except KeyboardInterrupt:
+        _fail("interrupted (Ctrl-C); what was completely written is kept: run the same command again to resume")
+    except Exception as e:
+        _fail(_error_line(e, FLAGS.workdir))
+
+
+def _workdir_lock(workdir: str, multi_host: bool):
+    """The workdir's lock; in a multi-host run process 0 alone takes it (the processes share the workdir)."""
+    if multi_host and jax.process_index() != 0:
+        return contextlib.nullcontext()
+    return workdir_lock.held(workdir)
+
+
+def _error_line(error: Exception, workdir: str) -> str:
+    """What a run that failed with `error` says: known conditions their own message; an unexpected error where its
+    traceback was written."""
+    if files.is_disk_full(error) and not isinstance(error, files.DiskFullError):  # raised where no size is known
+        return files.disk_full_message(getattr(error, "filename", None) or workdir, None)
+    if isinstance(error, _KNOWN_ERRORS):
+        return str(error)
+    first_line = str(error).strip().partition("\n")[0]
+    return (f"unexpected {type(error).__name__}: {first_line} (the traceback is in {_write_traceback(error, workdir)}; "
+            "please report it)")
+
+
+def _write_traceback(error: Exception, workdir: str) -> str:
+    """Write the command line and the traceback of `error` to `<workdir>/logs/error-<time>-<pid>.log`, or to the temp
+    directory where the workdir cannot take it; returns the file's path."""
+    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    text = " ".join(sys.argv) + "\n\n" + "".join(traceback.format_exception(error))
+    for path in (os.path.join(workdir, "logs", name), os.path.join(tempfile.gettempdir(), f"aujax-{name}")):
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(text)
+            return path
+        except OSError:
+            continue
+    sys.stderr.write(text)  # no file could take it
+    return "the lines above"
+
+
+def _fail(message: str):
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while exiting ends the process at once, with no traceback
+    print(f"aujax: error: {message}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_command_line)

@@ -1,8 +1,13 @@
-"""Faults a run meets, and how it ends: Ctrl-C in training stops after a checkpoint (a second one at once); a full disk
-is one clear error, and no write leaves half a file behind; training stopped by a full disk resumes exactly; a workdir
-is held by one run at a time.
+"""Faults a run meets, and how it ends: Ctrl-C, a second process on the workdir, a full disk, a config field or flag
+that does not exist or does not parse, an unexpected error. Each ends with one `aujax: error:` line, printed once,
+exit status 1 and no traceback; a run stopped by Ctrl-C or by a full disk resumes from its last complete checkpoint.
 
-The full-disk tests need a tmpfs mount (root) and are skipped where this process may not mount one.
+The command line runs of the module fixture `interrupted` (one fold of 3 steps per epoch, 12 epochs, the workdir on
+a 4 MB tmpfs where this process may mount one; the full-disk runs are skipped where it may not):
+  outside   Ctrl-C while the data are loaded, before training: interrupted at once
+  ctrl_c    Ctrl-C once epoch 1 is logged: a checkpoint at the next step, then the stop message
+  full      the same command with the disk filled to 32 kB free: refused before a checkpoint is written
+  freed     the same command after the filler is deleted: resumes from the Ctrl-C checkpoint and finishes
 """
 
 import contextlib
@@ -14,15 +19,32 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 
 import jax
 import numpy as np
 import pytest
 
 from aujax import files, train, workdir_lock
-from experiments.kill_and_resume import saved_steps
-from tests.conftest import REPO
+from experiments.kill_and_resume import child_env, saved_steps
+from tests.conftest import REPO, patch_records
+from tests.test_cli import _assert_clean_error, _main
+from tests.test_multihost import COMPILATION_CACHE
 from tests.test_train import _cfg, _fold_setup
+
+ARGS = ["--mode=train", "--width=4,8,8,8", "--batch_size=8", "--epochs=12", "--config.protocol.max_folds=1",
+        "--config.protocol.min_support=1"]
+STEPS = 36  # 12 epochs of 3 steps: fold A000 trains on 16 train-role and 8 cv-role images
+
+
+def _assert_one_error_line(result, *fragments) -> str:
+    """`_assert_clean_error`, and the message is printed once (no log line repeats it); returns the message."""
+    _assert_clean_error(result, *fragments)
+    message = next(line for line in result.stderr.splitlines() if line.startswith("aujax: error:"))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.count(message.removeprefix("aujax: error: ")) == 1, result.stderr[-3000:]
+    return message
 
 
 @contextlib.contextmanager
@@ -56,6 +78,90 @@ def _fill(disk, leave: int):
     return filler
 
 
+def _interrupt_when(text: str, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the command line; send it SIGINT (Ctrl-C) when `text` first appears in its log."""
+    env = {**child_env(COMPILATION_CACHE), "PYTHONPATH": REPO}
+    process = subprocess.Popen([sys.executable, "-m", "aujax.main", *args], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(timeout, process.kill)
+    watchdog.start()
+    lines, sent = [], False
+    try:
+        for line in process.stderr:
+            lines.append(line)
+            if text in line and not sent:
+                process.send_signal(signal.SIGINT)
+                sent = True
+        process.wait()
+    finally:
+        watchdog.cancel()
+    assert sent, f"{text!r} never appeared:\n{''.join(lines)[-3000:]}"
+    return subprocess.CompletedProcess(args, process.returncode, "", "".join(lines))
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    data = []
+    for role, (subjects, per_subject, prefix) in {"train": (2, 8, "C"), "cv": (2, 8, "A"),
+                                                   "cross": (2, 4, "U")}.items():
+        path = root / f"{role}.npz"
+        patch_records(subjects, per_subject, seed=len(data), prefix=prefix).save(str(path))
+        data.append(f"--{role}_data={path}")
+    with _tmpfs(root / "disk", "4m") as disk:
+        workdir = (disk or root) / "run"
+        latest = workdir / "checkpoints" / "fold_00" / "latest"
+        args = [f"--workdir={workdir}", *ARGS, *data]
+        runs = {"outside": _interrupt_when("cross role:", args), "ctrl_c": _interrupt_when("epoch 1/12", args)}
+        runs["steps after ctrl_c"] = saved_steps(str(latest))
+        if disk is not None:
+            filler = _fill(disk, leave=32_000)
+            runs["full"] = _main(*args, env_extra=child_env(COMPILATION_CACHE))
+            runs["steps after full"] = saved_steps(str(latest))
+            runs["files after full"] = sorted(os.listdir(latest.parent))
+            filler.unlink()
+            runs["freed"] = _main(*args, env_extra=child_env(COMPILATION_CACHE))
+        yield latest, runs
+
+
+def _stop_step(result) -> int:
+    return int(re.search(r"stopped by request in fold A000 at step (\d+)", result.stderr).group(1))
+
+
+def test_ctrl_c_outside_training_ends_the_run_at_once_with_one_line(interrupted):
+    _, runs = interrupted
+    _assert_one_error_line(runs["outside"], "interrupted (Ctrl-C)", "run the same command again")
+
+
+def test_ctrl_c_in_training_saves_a_checkpoint_at_the_next_step_and_stops(interrupted):
+    latest, runs = interrupted
+    _assert_one_error_line(runs["ctrl_c"], "stopped by request in fold A000 at step", "after saving a checkpoint")
+    step = _stop_step(runs["ctrl_c"])
+    assert 3 <= step < STEPS
+    assert runs["steps after ctrl_c"][-1] == step
+
+
+def test_a_full_disk_is_one_line_naming_the_checkpoint_and_the_space_and_keeps_the_last_checkpoint(interrupted):
+    latest, runs = interrupted
+    if "full" not in runs:
+        pytest.skip("a full filesystem needs a tmpfs mount (root)")
+    _assert_one_error_line(runs["full"], f"no space left on device writing {latest}", "kB needed", "kB free there",
+                           "run the same command again")
+    assert runs["steps after full"] == [_stop_step(runs["ctrl_c"])]
+    assert not [name for name in runs["files after full"] if name.endswith(".tmp")], runs["files after full"]
+
+
+def test_after_space_is_freed_the_run_resumes_from_its_last_checkpoint_and_finishes(interrupted):
+    latest, runs = interrupted
+    if "freed" not in runs:
+        pytest.skip("a full filesystem needs a tmpfs mount (root)")
+    assert runs["freed"].returncode == 0, runs["freed"].stderr[-3000:]
+    assert f"resumed from step {_stop_step(runs['ctrl_c'])}" in runs["freed"].stderr
+    assert saved_steps(str(latest))[-1] == STEPS
+    history = json.loads((latest.parent / "result.json").read_text())["history"]
+    assert [h["step"] for h in history] == list(range(3, STEPS + 1, 3))
+
+
 def test_a_second_ctrl_c_stops_at_once_and_ctrl_c_is_python_s_again_after_training():
     stop, before = train.StopRequested(), signal.getsignal(signal.SIGINT)
     with stop.ctrl_c_deferred():
@@ -77,6 +183,7 @@ def test_ctrl_c_in_a_multi_host_run_is_passed_on_as_sigterm_to_jax_s_preemption_
     assert sent == [(os.getpid(), signal.SIGTERM)] and not stop.requested  # set at the agreed step by after_step
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's failing writer threads
 def test_a_disk_that_fills_while_orbax_writes_is_a_disk_full_error_and_the_fold_resumes_exactly(tmp_path, small_disk):
     """Stopped after the checkpoint of step 2, then resumed with room for the state (67.5 kB) but not for its
     checkpoint (about 220 kB with orbax's metadata): orbax's writer threads fail, and the error they hand to the main
@@ -148,3 +255,54 @@ def test_the_workdir_lock_is_exclusive_names_its_holder_and_dies_with_it(tmp_pat
                 pass
     with workdir_lock.held(str(tmp_path)):  # released when its holder left the block
         pass
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused_naming_the_holder(tmp_path):
+    with workdir_lock.held(str(tmp_path)):
+        result = _main(f"--workdir={tmp_path}", "--mode=preprocess", "--dataset=ck_plus", f"--manual_dir={tmp_path}")
+    _assert_one_error_line(result, f"--workdir={tmp_path} is in use by process {os.getpid()} on host "
+                                   f"{socket.gethostname()}", "use another --workdir")
+
+
+def test_a_config_field_that_does_not_exist_is_named_with_the_config_sections(tmp_path):
+    sections = "data, explain, model, protocol, seed, synthetic, train"
+    _assert_one_error_line(_main(f"--workdir={tmp_path}", "--config.nonexistent=1"),
+                           f"--config.nonexistent: no such field; the top-level sections are {sections}")
+    _assert_one_error_line(_main("--config=experiments/paper.py", f"--workdir={tmp_path}", "--config.train.epoch=3"),
+                           "--config.train.epoch: no such field (config.train has batch_size, checkpoint_every_steps, "
+                           f"epochs,", sections)
+
+
+def test_integer_flags_that_do_not_parse_or_fit_are_named(tmp_path):
+    _assert_one_error_line(_main(f"--workdir={tmp_path}", "--epochs=two"), "flag --epochs=two: invalid literal")
+    _assert_one_error_line(_main(f"--workdir={tmp_path}", "--seed=-1"), "--seed=-1 must be a non-negative integer")
+
+
+def test_an_unexpected_error_is_one_line_naming_a_log_file_with_its_traceback(tmp_path):
+    code = ("import runpy, sys\nfrom aujax import pipeline\n"
+            "def broken(*args, **kwargs):\n    raise RuntimeError('simulated bug\\nsecond line')\n"
+            "pipeline.run = broken\nsys.argv = ['aujax.main', sys.argv[1]]\n"
+            "runpy.run_module('aujax.main', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code, f"--workdir={tmp_path}"], cwd=REPO, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": REPO}, timeout=300)
+    message = _assert_one_error_line(result, "unexpected RuntimeError: simulated bug (the traceback is in "
+                                             f"{tmp_path}/logs/error-", "please report it")
+    log = re.search(r"the traceback is in (\S+);", message).group(1)
+    assert "Traceback" in open(log).read() and "in broken" in open(log).read()
+
+
+def test_an_unexpected_error_s_traceback_goes_to_the_temp_directory_where_the_workdir_cannot_take_it(tmp_path):
+    from aujax import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    try:
+        raise RuntimeError("simulated bug")
+    except RuntimeError as e:
+        line = main._error_line(e, str(blocker / "run"))
+    log = re.search(r"the traceback is in (\S+);", line).group(1)
+    try:
+        assert os.path.dirname(log) == tempfile.gettempdir() and os.path.basename(log).startswith("aujax-error-")
+        assert "simulated bug" in open(log).read()
+    finally:
+        os.remove(log)
