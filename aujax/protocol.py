@@ -70,8 +70,8 @@ class FoldResult:
     seconds: float | None = None  # wall time of the session that finished the fold (training and prediction)
 
     def save(self, fold_dir: str) -> None:
-        np.savez(os.path.join(fold_dir, "predictions.npz"), test_index=self.test_index,
-                 probabilities=self.probabilities)
+        files.write_npz(os.path.join(fold_dir, "predictions.npz"), test_index=self.test_index,
+                        probabilities=self.probabilities)
         files.write_json(os.path.join(fold_dir, "result.json"),
                          {"subject": self.name, "history": self.history, "seconds": self.seconds})
 

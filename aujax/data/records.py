@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from aujax import facs
+from aujax import facs, files
 from aujax.data import blendshapes as blendshapes_lib
 from aujax.data.layouts import MAX_INTENSITY
 
@@ -145,10 +145,9 @@ class FaceRecords:
         return FaceRecords(image=image, **{f: a[index] for f, a in arrays.items()}, name=self.name)
 
     def save(self, path: str) -> None:
-        """Write to `path` (.npz, no pickle), atomically."""
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, name=np.array(self.name), **self._present_arrays())
-        os.replace(tmp, path)
+        """Write to `path` (.npz, uncompressed, no pickle), atomically; every image is read."""
+        arrays = self._present_arrays()
+        files.write_npz(path, name=np.array(self.name), **{**arrays, "image": np.asarray(arrays["image"])})
 
 
 def concatenate(parts: list[FaceRecords], name: str) -> FaceRecords:
