@@ -1,5 +1,11 @@
-"""Tests of aujax.data.records: image columns that are read by row (memory-mapped .npz, `LazyImages`, concatenations
-of them), so that a process reads only the images it asks for."""
+"""Tests of aujax.data.records: image columns that are read by row (memory-mapped records directories, `LazyImages`,
+concatenations of them), so that a process reads only the images it asks for; saving records directories atomically,
+and the .npz files of before still read."""
+
+import dataclasses
+import json
+import os
+import re
 
 import numpy as np
 import pytest
@@ -63,20 +69,80 @@ def test_concatenation_of_lazy_parts_reads_each_part_only_for_its_rows():
     np.testing.assert_array_equal(both.image[5:7], eager.image[5:7])
 
 
-def test_load_maps_the_images_of_an_uncompressed_file_and_reads_a_compressed_one_whole(tmp_path):
+def test_load_maps_the_images_of_a_records_directory_and_reads_npz_files_whole(tmp_path):
     faces = patch_records(3, 4, seed=2, prefix="A")
-    faces.save(str(tmp_path / "plain.npz"))
-    mapped = records.load(str(tmp_path / "plain.npz"))
+    faces.save(str(tmp_path / "plain.records"))
+    mapped = records.load(str(tmp_path / "plain.records"))
     assert isinstance(mapped.image, np.memmap)
     np.testing.assert_array_equal(mapped.image[[11, 0, 5]], faces.image[[11, 0, 5]])
     np.testing.assert_array_equal(mapped.landmarks, faces.landmarks)
 
+    faces.save(str(tmp_path / "plain.npz"))
+    assert os.path.isfile(tmp_path / "plain.npz")
+    legacy = records.load(str(tmp_path / "plain.npz"))
+    assert type(legacy.image) is np.ndarray
+    np.testing.assert_array_equal(legacy.image, faces.image)
     arrays = {"name": np.array(faces.name), "image": faces.image, "landmarks": faces.landmarks,
               "labels": faces.labels, "intensity": faces.intensity, "subject": faces.subject, "source": faces.source}
     np.savez_compressed(tmp_path / "compressed.npz", **arrays)
     compressed = records.load(str(tmp_path / "compressed.npz"))
     assert type(compressed.image) is np.ndarray
     np.testing.assert_array_equal(compressed.image, faces.image)
+
+
+def test_a_records_directory_round_trips_lazy_images_written_and_read_by_row(tmp_path, monkeypatch):
+    faces = dataclasses.replace(patch_records(2, 5, seed=3, prefix="A", name="cv set"),
+                                blendshapes=np.linspace(0, 1, 10 * 52, dtype=np.float32).reshape(10, 52))
+    lazy, reader = lazy_copy(faces)
+    lazy = dataclasses.replace(lazy, blendshapes=faces.blendshapes)
+    monkeypatch.setattr(records, "_WRITE_ROWS", 4)
+    lazy.save(str(tmp_path / "cv.records"))
+    assert reader.calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert sorted(os.listdir(tmp_path)) == ["cv.records"]
+    assert json.loads((tmp_path / "cv.records" / "records.json").read_text()) == {
+            "format": "aujax-face-records", "version": 1, "name": "cv set", "count": 10}
+
+    loaded = records.load(str(tmp_path / "cv.records"))
+    assert isinstance(loaded.image, np.memmap) and loaded.name == "cv set"
+    for field in ("image", "landmarks", "labels", "intensity", "subject", "source", "blendshapes"):
+        np.testing.assert_array_equal(getattr(loaded, field), getattr(faces, field), err_msg=field)
+    selected = loaded.select(np.array([9, 2]))
+    assert isinstance(selected.image, records.LazyImages)
+    np.testing.assert_array_equal(selected.image[:], faces.image[[9, 2]])
+
+
+def test_saving_over_records_replaces_them_and_a_failed_save_leaves_no_partial_directory(tmp_path):
+    path = tmp_path / "cv.records"
+    patch_records(1, 3, seed=0, prefix="A").save(str(path))
+    newer = patch_records(2, 2, seed=1, prefix="B")
+    newer.save(str(path))
+    assert sorted(os.listdir(tmp_path)) == ["cv.records"] and (path / "records.json").is_file()
+    np.testing.assert_array_equal(records.load(str(path)).subject, newer.subject)
+
+    def fail_after_two_rows(rows):
+        if rows[-1] >= 2:
+            raise OSError("read failed")
+        return newer.image[rows]
+
+    failing = dataclasses.replace(newer, image=records.LazyImages(len(newer), fail_after_two_rows))
+    for target in (path, tmp_path / "new.records"):
+        with pytest.raises(OSError, match="read failed"):
+            failing.save(str(target))
+    assert sorted(os.listdir(tmp_path)) == ["cv.records"]
+    np.testing.assert_array_equal(records.load(str(path)).image, newer.image)
+
+
+def test_save_refuses_to_replace_what_is_not_a_records_directory(tmp_path):
+    faces = patch_records(1, 2, seed=0, prefix="A")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "me.jpg").write_bytes(b"jpeg")
+    (tmp_path / "notes.records").write_text("mine")
+    for target in ("photos", "notes.records"):
+        with pytest.raises(ValueError, match=rf"{target}: exists and is not an aujax face-records directory"):
+            faces.save(str(tmp_path / target))
+    assert (tmp_path / "photos" / "me.jpg").read_bytes() == b"jpeg"
+    assert (tmp_path / "notes.records").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["notes.records", "photos"]
 
 
 def test_a_file_that_is_not_records_is_named_in_the_error(tmp_path):
@@ -89,3 +155,26 @@ def test_a_file_that_is_not_records_is_named_in_the_error(tmp_path):
     (tmp_path / "text.npz").write_text("no zip")
     with pytest.raises(ValueError, match=r"text\.npz: not an aujax face-records file"):
         records.load(str(tmp_path / "text.npz"))
+
+
+def test_a_directory_that_is_not_records_is_named_in_the_error(tmp_path):
+    faces = patch_records(1, 4, seed=0, prefix="A")
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(ValueError, match=r"photos: not an aujax face-records directory \(no records\.json\)"):
+        records.load(str(tmp_path / "photos"))
+    broken = {"garbled": ("records.json", lambda d: (d / "records.json").write_text("{not json")),
+              "foreign": ("records.json", lambda d: (d / "records.json").write_text('{"format": "other"}')),
+              "truncated": ("image.npy", lambda d: os.truncate(d / "image.npy", 5000)),
+              "nolabels": ("labels.npy", lambda d: (d / "labels.npy").unlink()),
+              "badheader": ("landmarks.npy", lambda d: (d / "landmarks.npy").write_bytes(b"not a .npy file"))}
+    for name, (file, damage) in broken.items():
+        faces.save(str(tmp_path / name))
+        damage(tmp_path / name)
+        with pytest.raises(ValueError,
+                           match=rf"{name}: not an aujax face-records directory \(.*{re.escape(file)}"):
+            records.load(str(tmp_path / name))
+    faces.save(str(tmp_path / "future"))
+    (tmp_path / "future" / "records.json").write_text(
+            json.dumps({"format": "aujax-face-records", "version": 2, "name": "x", "count": 4}))
+    with pytest.raises(ValueError, match=r"future: records format version 2; this aujax reads version 1"):
+        records.load(str(tmp_path / "future"))

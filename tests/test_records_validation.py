@@ -1,6 +1,7 @@
 """Tests of what reading face records refuses: values outside the records contract (labels not 0/1, intensities
-outside the FACS range, non-finite numbers), empty files, files of no records and members that are not plain arrays.
-Every error names the file (or the role's flag), the column and, for values, the first bad row."""
+outside the FACS range, non-finite numbers), empty files, files of no records and members that are not plain arrays
+(in .npz files and records directories), roles that name missing records. Every error names the file or directory (or
+the role's flag), the column and, for values, the first bad row."""
 
 import numpy as np
 import pytest
@@ -103,3 +104,29 @@ def test_records_within_the_contract_load_with_their_blendshapes(tmp_path):
     np.testing.assert_array_equal(loaded.intensity, arrays["intensity"])
     np.testing.assert_array_equal(loaded.blendshapes, arrays["blendshapes"])
     np.testing.assert_array_equal(loaded.image[[4, 1]], faces.image[[4, 1]])
+
+
+@pytest.mark.parametrize("column", ["image", "subject", "labels"])
+def test_an_object_column_of_a_records_directory_is_refused_by_its_header_before_anything_is_read(tmp_path,
+                                                                                                 monkeypatch, column):
+    faces = patch_records(1, 2, seed=0, prefix="A")
+    path = tmp_path / "objects.records"
+    faces.save(str(path))
+    np.save(path / f"{column}.npy", getattr(faces, column).astype(object), allow_pickle=True)
+    monkeypatch.setattr(np, "load", None)  # reading any column would fail with a TypeError
+    with pytest.raises(ValueError, match=rf"objects\.records: {column} .*\bobject\b"):
+        records.load(str(path))
+
+
+def test_a_role_reads_a_records_directory_and_names_one_that_is_missing_or_not_records(tmp_path):
+    faces = patch_records(2, 3, seed=0, prefix="A")
+    faces.save(str(tmp_path / "cv.records"))
+    loaded = sources.load_role("cv", str(tmp_path / "cv.records"), config=None)
+    assert isinstance(loaded.image, np.memmap)
+    np.testing.assert_array_equal(loaded.image[[5, 0]], faces.image[[5, 0]])
+    missing = tmp_path / "gone.records"
+    with pytest.raises(ValueError, match=rf"^--cv_data={missing}: no such file or directory$"):
+        sources.load_role("cv", str(missing), config=None)
+    with pytest.raises(ValueError, match=rf"^--cross_data={tmp_path}: not an aujax face-records directory "
+                                         r"\(no records\.json\)$"):
+        sources.load_role("cross", str(tmp_path), config=None)

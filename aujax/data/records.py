@@ -13,22 +13,30 @@ A `FaceRecords` holds n faces as numpy arrays:
                                          order; None where MediaPipe did not run (synthetic faces, datasets built
                                          with landmarks="dataset")
 
-Saved and loaded as `.npz` without pickle (string columns are numpy unicode arrays; `blendshapes` is stored only
-when present). Reading records (`load`; `preprocess.load_records` for built datasets) refuses, with a ValueError
-naming the file, the column and the first bad row, what breaks this contract (`validate`): no records, labels other
-than 0/1, intensities outside [0, 5] or not finite, landmarks or blendshapes that are not finite; `load` also checks
-every member's shape and dtype from its .npy header before it reads or maps any (no object arrays).
+On disk (`FaceRecords.save`, `load`, without pickle) records are a directory, made for reading by row:
 
-The image column need not be in memory: `load` memory-maps it, the synthetic generator can render rows when they are
-asked for, and a built TFDS dataset reads them by random access (`LazyImages`). Indexing it (`image[rows]`) reads
-just those rows, so a process of a multi-host run reads only the images its devices hold; `select` and `concatenate`
-read none; `np.asarray(image)` reads all of them. Every other column is always in memory.
+  <path>/records.json      {"format": "aujax-face-records", "version": 1, "name": ..., "count": n}
+  <path>/<column>.npy      one .npy file per column above (string columns as numpy unicode arrays), blendshapes.npy
+                           only when present
+
+or, for a path ending in `.npz`, one uncompressed `.npz` file of the same columns and a `name` member (the format
+before directories; still written and read, but read whole). Reading records (`load`; `preprocess.load_records` for
+built datasets) refuses, with a ValueError naming the file, the column and the first bad row, what breaks this
+contract (`validate`): no records, labels other than 0/1, intensities outside [0, 5] or not finite, landmarks or
+blendshapes that are not finite; `load` also checks every column's shape and dtype from its .npy header before it
+reads or maps any (no object arrays), and names a directory that is not records as such.
+
+The image column need not be in memory: `load` memory-maps it from a records directory, the synthetic generator can
+render rows when they are asked for, and a built TFDS dataset reads them by random access (`LazyImages`). Indexing it
+(`image[rows]`) reads just those rows, so a process of a multi-host run reads only the images its devices hold;
+`select` and `concatenate` read none; `np.asarray(image)` reads all of them. Every other column is always in memory.
 """
 
 import contextlib
 import dataclasses
+import json
 import os
-import struct
+import shutil
 import zipfile
 from collections.abc import Callable, Iterator
 
@@ -145,9 +153,17 @@ class FaceRecords:
         return FaceRecords(image=image, **{f: a[index] for f, a in arrays.items()}, name=self.name)
 
     def save(self, path: str) -> None:
-        """Write to `path` (.npz, uncompressed, no pickle), atomically; every image is read."""
+        """Write to `path`, atomically, without pickle; every image is read.
+
+        A path ending in `.npz` gets one uncompressed .npz file; any other path a records directory (one .npy file
+        per column and `records.json`, read by row when loaded), written as `<path>.tmp/` and renamed to `path`.
+        An existing directory at `path` is replaced only if it is a records directory (ValueError otherwise).
+        """
         arrays = self._present_arrays()
-        files.write_npz(path, name=np.array(self.name), **{**arrays, "image": np.asarray(arrays["image"])})
+        if path.endswith(".npz"):
+            files.write_npz(path, name=np.array(self.name), **{**arrays, "image": np.asarray(arrays["image"])})
+        else:
+            _save_directory(path, arrays, self.name)
 
 
 def concatenate(parts: list[FaceRecords], name: str) -> FaceRecords:
@@ -173,6 +189,79 @@ def _concatenated_images(images: list) -> LazyImages:
         return out
 
     return LazyImages(int(ends[-1]) if len(ends) else 0, read)
+
+
+_FORMAT, _VERSION = "aujax-face-records", 1  # a records directory's format and version, in `_META_FILE`
+_META_FILE = "records.json"
+_WRITE_ROWS = 1024  # rows of a column written at a time: a column of lazy images is read in these pieces
+
+
+def _save_directory(path: str, arrays: dict, name: str) -> None:
+    """Write `arrays` (column -> array of n rows; the image column may be `LazyImages`) and `name` as a records
+    directory at `path`: `<column>.npy` files and `_META_FILE`, in `<path>.tmp/` renamed to `path` once complete."""
+    path = os.path.normpath(path)
+    if os.path.exists(path) and not _is_records_directory(path):
+        raise ValueError(f"{path}: exists and is not an aujax face-records directory; not replacing it")
+    tmp = path + ".tmp"
+    _remove_partial(tmp)
+    needed = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in arrays.values())
+    with files.disk_full_named(path, needed):
+        try:
+            os.makedirs(tmp)
+            for field, column in arrays.items():
+                _write_npy(os.path.join(tmp, f"{field}.npy"), column)
+            meta = {"format": _FORMAT, "version": _VERSION, "name": name, "count": len(arrays["image"])}
+            with open(os.path.join(tmp, _META_FILE), "w") as f:
+                json.dump(meta, f, indent=2)
+            _rename_directory(tmp, path)
+        except BaseException:  # KeyboardInterrupt too: no partial directory is left behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _write_npy(file: str, column) -> None:
+    """Write `column` (an array, or `LazyImages`) as a C-order .npy file, `_WRITE_ROWS` rows at a time."""
+    header = {"descr": np.lib.format.dtype_to_descr(column.dtype), "fortran_order": False, "shape": column.shape}
+    with open(file, "wb") as f:
+        np.lib.format.write_array_header_2_0(f, header)
+        for start in range(0, len(column), _WRITE_ROWS):
+            f.write(np.ascontiguousarray(column[start:start + _WRITE_ROWS]).tobytes())
+
+
+def _is_records_directory(path: str) -> bool:
+    """Whether `path` is a records directory that `load` reads (its columns unchecked)."""
+    try:
+        _read_meta(path, path)
+    except ValueError:
+        return False
+    return True
+
+
+def _remove_partial(path: str) -> None:
+    """Remove `path`, what an interrupted `_save_directory` left; ValueError where it holds anything else."""
+    if not os.path.lexists(path):
+        return
+    ours = {_META_FILE} | {f"{f}.npy" for f in _ARRAY_FIELDS + ("blendshapes",)}
+    if not os.path.isdir(path) or os.path.islink(path) or not set(os.listdir(path)) <= ours:
+        raise ValueError(f"{path}: exists and is not a partly written aujax face-records directory; remove it")
+    shutil.rmtree(path)
+
+
+def _rename_directory(tmp: str, path: str) -> None:
+    """Move the complete directory `tmp` to `path`, replacing the records directory there (moved to `<path>.old`
+    first, removed last)."""
+    if not os.path.exists(path):
+        os.rename(tmp, path)
+        return
+    old = path + ".old"
+    _remove_partial(old)
+    os.rename(path, old)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
+    shutil.rmtree(old)
 
 
 def validate(faces: FaceRecords, where: str) -> FaceRecords:
@@ -207,106 +296,114 @@ _ENTRY_NAMES = {  # what the entries after the row of a column are, for error me
 
 
 def load(path: str, where: str | None = None) -> FaceRecords:
-    """Read records written by `FaceRecords.save`, checked by `validate`; errors name the file as `where` says
-    (default `path`, e.g. "--cv_data=cv.npz").
+    """Read records written by `FaceRecords.save`, a records directory or a .npz file, checked by `validate`; errors
+    name the records as `where` says (default `path`, e.g. "--cv_data=cv.records").
 
-    Every member's shape and dtype is checked from its .npy header before any array is read or mapped (object
-    arrays are refused there). The images stay on disk, memory-mapped (read when indexed), where the file stores
-    them uncompressed (as `save` does); a compressed file (`np.savez_compressed`) is read whole.
+    Every column's shape and dtype is checked from its .npy header before any array is read or mapped (object
+    arrays are refused there). A directory's image column stays on disk, memory-mapped (read when indexed); a .npz
+    file is read whole, images included (it is not memory-mapped).
     """
     where = where or path
-    if os.path.isfile(path) and not os.path.getsize(path):
-        raise ValueError(f"{where}: empty file (0 bytes), not an aujax face-records file")
-    with _not_records_file(where):
-        members = _npy_members(path)
-    _check_members(members, where)
-    with _not_records_file(where):
-        faces = _read_members(path, members)
+    faces = _load_directory(path, where) if os.path.isdir(path) else _load_npz(path, where)
     return validate(faces, where)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Member:
-    """An .npz member's array as its .npy header describes it; `offset`: where the raw array starts in the .npz
-    file, None where the member is compressed."""
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    fortran_order: bool
-    offset: int | None
-
-
 @contextlib.contextmanager
-def _not_records_file(where: str):
-    """Turns the errors of reading a damaged or foreign file into one ValueError naming `where`."""
+def _not_records(where: str, kind: str = "file", part: str | None = None):
+    """Turns the errors of reading a damaged or foreign file or directory (`kind`) into one ValueError naming
+    `where` and the `part` of it read (a file in a directory)."""
     try:
         yield
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{where}: not an aujax face-records file ({e})") from e
+        raise ValueError(f"{where}: not an aujax face-records {kind} ({f'{part}: ' if part else ''}{e})") from e
 
 
-def _npy_members(path: str) -> dict[str, _Member]:
-    """member name (without '.npy') -> `_Member` of every .npy in the .npz at `path`, from the headers alone.
-
-    An uncompressed member is a .npy file at a fixed place in the zip archive: after the member's local header
-    (30 bytes, then its name and extra field) come the .npy header and the raw array.
-    """
-    members = {}
-    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
-        for info in archive.infolist():
-            if not info.filename.endswith(".npy"):
-                continue
-            with archive.open(info) as f:
-                version = np.lib.format.read_magic(f)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                    np.lib.format.read_array_header_2_0
-                shape, fortran_order, dtype = read_header(f)
-                header_length = f.tell()
-            stored = info.compress_type == zipfile.ZIP_STORED
-            offset = _member_data_offset(raw, info) + header_length if stored else None
-            members[info.filename[:-len(".npy")]] = _Member(shape, dtype, fortran_order, offset)
-    return members
+def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of the .npy array whose file `f` is open at its start, from its header alone."""
+    version = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(f)
+    return shape, dtype
 
 
-def _member_data_offset(raw, info: zipfile.ZipInfo) -> int:
-    """Where the data of the zip member `info` starts in the open archive file `raw`."""
-    raw.seek(info.header_offset)
-    header = raw.read(30)
-    if header[:4] != b"PK\x03\x04":
-        raise ValueError(f"damaged zip entry {info.filename}")
-    name_length, extra_length = struct.unpack("<HH", header[26:30])
-    return info.header_offset + 30 + name_length + extra_length
-
-
-def _check_members(members: dict[str, _Member], where: str) -> None:
-    """ValueError naming `where` and the member unless `members` hold records' columns of the right shapes and
-    dtypes (and the name); other members are ignored."""
-    missing = [m for m in ("name",) + _ARRAY_FIELDS if m not in members]
+def _check_headers(headers: dict[str, tuple[tuple[int, ...], np.dtype]], where: str, kind: str,
+                   count: int | None = None, extra: dict | None = None) -> None:
+    """ValueError naming `where` and the column unless `headers` (column -> (shape, dtype)) hold records' columns
+    for `count` records (None: as many as the image column holds) and the `extra` columns (column -> (shape,
+    dtype)); `blendshapes` is optional, other columns are ignored."""
+    extra = extra or {}
+    missing = [f for f in (*extra, *_ARRAY_FIELDS) if f not in headers]
     if missing:
-        raise ValueError(f"{where}: not an aujax face-records file (no {', '.join(missing)} member)")
-    image_shape = members["image"].shape
-    columns = {"name": ((), None), **_columns(image_shape[0] if image_shape else 0, "blendshapes" in members)}
-    for field, column in columns.items():
-        _check_column(where, field, members[field].shape, members[field].dtype, column)
+        what = f"{', '.join(missing)} member" if kind == "file" else ", ".join(f"{f}.npy" for f in missing)
+        raise ValueError(f"{where}: not an aujax face-records {kind} (no {what})")
+    if count is None:
+        count = headers["image"][0][0] if headers["image"][0] else 0
+    for field, column in {**extra, **_columns(count, "blendshapes" in headers)}.items():
+        _check_column(where, field, *headers[field], column)
 
 
-def _read_members(path: str, members: dict[str, _Member]) -> FaceRecords:
-    """The records in the .npz at `path`, whose `members` `_check_members` accepted; the image column
-    memory-mapped where it is stored uncompressed."""
-    image = members["image"]
-    mapped = image.offset is not None and np.prod(image.shape) > 0  # np.memmap cannot map zero bytes
-    fields = ("name", "image") + _ARRAY_FIELDS[1:] + (("blendshapes",) if "blendshapes" in members else ())
-    with zipfile.ZipFile(path) as archive:
-        arrays = {f: _read_array(archive, f) for f in fields if not (f == "image" and mapped)}
-    if mapped:
-        arrays["image"] = np.memmap(path, dtype=image.dtype, mode="r", offset=image.offset, shape=image.shape,
-                                    order="F" if image.fortran_order else "C")
-    name = str(arrays.pop("name"))
+def _present_fields(headers) -> tuple[str, ...]:
+    return _ARRAY_FIELDS + (("blendshapes",) if "blendshapes" in headers else ())
+
+
+def _load_npz(path: str, where: str) -> FaceRecords:
+    """The records in the .npz file at `path` (`save`'s single-file format), read whole."""
+    if os.path.isfile(path) and not os.path.getsize(path):
+        raise ValueError(f"{where}: empty file (0 bytes), not an aujax face-records file")
+    with _not_records(where):
+        npz = np.load(path, allow_pickle=False)
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"{where}: not an aujax face-records file (one .npy array, not a .npz archive)")
+    with npz:
+        with _not_records(where):
+            headers = {}
+            for member in npz.files:
+                with npz.zip.open(f"{member}.npy") as f:
+                    headers[member] = _npy_header(f)
+        _check_headers(headers, where, "file", extra={"name": ((), None)})
+        with _not_records(where):
+            arrays = {f: npz[f] for f in _present_fields(headers)}
+            name = str(npz["name"])
     return FaceRecords(**arrays, name=name)
 
 
-def _read_array(archive: zipfile.ZipFile, member: str) -> np.ndarray:
-    with archive.open(f"{member}.npy") as f:
-        return np.lib.format.read_array(f, allow_pickle=False)
+def _load_directory(path: str, where: str) -> FaceRecords:
+    """The records in the records directory at `path`; the image column memory-mapped."""
+    meta = _read_meta(path, where)
+    headers = {}
+    for field in _ARRAY_FIELDS + ("blendshapes",):
+        file = os.path.join(path, f"{field}.npy")
+        if os.path.isfile(file):
+            with _not_records(where, "directory", f"{field}.npy"), open(file, "rb") as f:
+                headers[field] = _npy_header(f)
+    _check_headers(headers, where, "directory", count=meta["count"])
+    arrays = {}
+    for field in _present_fields(headers):
+        mapped = field == "image" and meta["count"] > 0  # a memory map cannot map zero bytes
+        with _not_records(where, "directory", f"{field}.npy"):
+            arrays[field] = np.load(os.path.join(path, f"{field}.npy"), mmap_mode="r" if mapped else None,
+                                    allow_pickle=False)
+    return FaceRecords(**arrays, name=meta["name"])
+
+
+def _read_meta(path: str, where: str) -> dict:
+    """The records directory's `_META_FILE` ({"format", "version", "name", "count"}), or ValueError naming `where`
+    and what is wrong."""
+    meta_path = os.path.join(path, _META_FILE)
+    if not os.path.isfile(meta_path):
+        raise ValueError(f"{where}: not an aujax face-records directory (no {_META_FILE})")
+    with _not_records(where, "directory", _META_FILE), open(meta_path) as f:
+        meta = json.load(f)
+    if not (isinstance(meta, dict) and meta.get("format") == _FORMAT):
+        raise ValueError(f"{where}: not an aujax face-records directory ({_META_FILE} does not say "
+                         f"format {_FORMAT!r})")
+    if meta.get("version") != _VERSION:
+        raise ValueError(f"{where}: records format version {meta.get('version')!r}; this aujax reads version "
+                         f"{_VERSION}")
+    if not (isinstance(meta.get("name"), str) and type(meta.get("count")) is int and meta["count"] >= 0):
+        raise ValueError(f"{where}: not an aujax face-records directory ({_META_FILE} needs a str name and an "
+                         "int count)")
+    return meta
 
 
 def padded_batches(index, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:

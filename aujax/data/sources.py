@@ -4,7 +4,11 @@ A spec is one of
   "synthetic"            the embedded generator, sized by `config.synthetic.<role>`
   "<name>"               a dataset built with `--mode=preprocess` (ck_plus, unbc_mcmaster, actor_study, manifest,
                          synthetic builder), read from `config.data.data_dir`
-  "path/to/records.npz"  records saved with `FaceRecords.save`
+  "path/to/records"      a records directory saved with `FaceRecords.save` (images read by row), or a `.npz` records
+                         file (read whole)
+
+A spec that is neither "synthetic" nor a built dataset's name is a path when it ends in `.npz` or `.records`, holds a
+path separator, or exists; other specs are unknown datasets.
 """
 
 import os
@@ -23,15 +27,20 @@ def load_role(role: str, spec: str, config) -> records.FaceRecords:
         raise ValueError(f"unknown role {role!r}; roles are {ROLES}")
     if spec == "synthetic":
         return synthetic_role(role, config.synthetic)
-    if spec.endswith(".npz"):
-        if not os.path.isfile(spec):
-            raise ValueError(f"--{role}_data={spec}: no such file")
-        return records.load(spec, where=f"--{role}_data={spec}")
     if spec in BUILT_DATASETS:
         from aujax.data import preprocess  # tensorflow-datasets only where a built dataset is asked for
         return preprocess.load_records(spec, os.path.expanduser(config.data.data_dir))
+    if _is_path(spec):
+        if not os.path.exists(spec):
+            raise ValueError(f"--{role}_data={spec}: no such file or directory")
+        return records.load(spec, where=f"--{role}_data={spec}")
     raise ValueError(f"--{role}_data={spec!r}: unknown dataset; use 'synthetic', one of {BUILT_DATASETS} "
-                     "(built with --mode=preprocess) or a path to a .npz records file")
+                     "(built with --mode=preprocess) or the path of a records directory or .npz records file")
+
+
+def _is_path(spec: str) -> bool:
+    """Whether the role spec `spec` names records on disk rather than a dataset."""
+    return spec.endswith((".npz", ".records")) or os.sep in spec or os.path.exists(spec)
 
 
 def synthetic_role(role: str, synthetic_config) -> records.FaceRecords:
