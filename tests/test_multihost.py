@@ -86,7 +86,7 @@ def runs(tmp_path_factory):
     roles = {}
     for role, (subjects, per_subject, prefix) in {"train": (2, 4, "C"), "cv": (2, 8, "A"),
                                                    "cross": (2, 4, "U")}.items():
-        roles[role] = root / f"{role}.npz"
+        roles[role] = root / f"{role}.records"
         patch_records(subjects, per_subject, seed=len(roles), prefix=prefix).save(str(roles[role]))
     data = [f"--{role}_data={path}" for role, path in roles.items()]
 
@@ -128,8 +128,8 @@ def test_two_processes_train_like_one_process_and_their_checkpoint_restores_in_o
 
 
 def test_each_process_reads_and_holds_only_the_images_of_its_own_devices(runs):
-    """24 training images (8 train role + 16 cv role) over 8 devices; the records are .npz files, whose images each
-    process reads by row (memory-mapped)."""
+    """24 training images (8 train role + 16 cv role) over 8 devices; the records are records directories, whose
+    images each process reads by row (memory-mapped)."""
     _expect_success("1 process x 8 devices", runs["one"])
     assert "patches+patches: process 0 holds 24 of 24 images on 8 of 8 devices (3 per device)" in runs["one"][0][1]
     for process, (_, text) in enumerate(runs["two"]):
