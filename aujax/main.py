@@ -1,13 +1,15 @@
 """aujax command line: parses flags and the config, then calls the stages.
 
   python -m aujax.main                                   # the whole protocol on small synthetic data (CPU, ~5 min)
-  python -m aujax.main --config=experiments/paper.py     # the paper's protocol
+  python -m aujax.main --config=paper                    # the paper's protocol (a packaged config, or a file path)
   python -m aujax.main --mode=preprocess --dataset=ck_plus --manual_dir=... --data_dir=...
 
 A run that fails ends with one line `aujax: error: ...` on stderr and exit status 1: a bad flag or config field, bad
 data, a workdir in use by another run (`aujax.workdir_lock`) or on a full disk, Ctrl-C, a stop by request each say
 what happened and what to do. An unexpected error says so in that line and names the log file that holds its
 traceback: `<workdir>/logs/error-<time>-<pid>.log`, or the temp directory where the workdir cannot take it.
+
+Installed, the `aujax` command is the same as `python -m aujax.main` (`run`).
 """
 
 import contextlib
@@ -24,10 +26,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections.config_flags import config_flags, config_path
 
-from aujax import distributed, files, pipeline, workdir_lock
+from aujax import configs, distributed, files, pipeline, workdir_lock
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
-                               "default.py")
 _CONFIG_OVERRIDE = re.compile(r"-{1,2}(?:no)?config\.([^=]+)")
 _KNOWN_ERRORS = (*pipeline.USER_ERRORS, files.DiskFullError, workdir_lock.WorkdirInUseError)
 
@@ -92,17 +92,26 @@ def _parse_command_line(argv: list[str]) -> list[str]:
     defined, or parsed where the command line names a file, and raises a bare AttributeError for a field the config
     lacks: the overrides are checked first."""
     try:
+        argv = _with_config_file(flags.FLAGS.read_flags_from_files(argv, force_gnu=False))
         _check_config_overrides(argv)
-        config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file (override fields with "
+        config_flags.DEFINE_config_file("config", configs.path("default"), "Experiment config: a packaged one ("
+                                        f"{', '.join(configs.NAMES)}) or a config file (override fields with "
                                         "--config.train.epochs=3 and the like).", lock_config=True)
+        _list_flags_in_help()
         return flags.FLAGS(argv)
     except flags.Error as e:
         _fail(str(e))
 
 
+def _list_flags_in_help() -> None:
+    """Makes --help list this module's flags under the `aujax` command too: absl lists those of the module that
+    sys.argv[0] names, aujax/main.py under `python -m aujax.main` but the console script under `aujax`."""
+    for flag in flags.FLAGS.get_key_flags_for_module(__name__):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
 def _check_config_overrides(argv: list[str]) -> None:
     """flags.Error for a config file that cannot be read, or an override `--config.<field>` of a field it lacks."""
-    argv = flags.FLAGS.read_flags_from_files(argv, force_gnu=False)
     path = _config_file(argv)
     config = config_flags.ConfigFileFlagParser(name="config").parse(path)
     try:
@@ -123,7 +132,20 @@ def _config_file(argv: list[str]) -> str:
             return following
         if match := re.match(r"-{1,2}config=(.*)", arg):
             return match.group(1)
-    return _DEFAULT_CONFIG
+    return configs.path("default")
+
+
+def _with_config_file(argv: list[str]) -> list[str]:
+    """`argv` with a packaged config's name after --config (`--config=paper`) replaced by its file."""
+    resolved, names_value = [], False
+    for arg in argv:
+        if names_value:
+            arg = configs.resolve(arg)
+        elif match := re.fullmatch(r"(-{1,2}config=)(.*)", arg):
+            arg = match.group(1) + configs.resolve(match.group(2))
+        names_value = arg in ("--config", "-config")
+        resolved.append(arg)
+    return resolved
 
 
 def _unknown_field_message(field: str, config, sections: list[str]) -> str:
@@ -204,5 +226,10 @@ def _fail(message: str):
     sys.exit(1)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `aujax` command: parse the command line and run `main`."""
     app.run(main, flags_parser=_parse_command_line)
+
+
+if __name__ == "__main__":
+    run()

@@ -22,7 +22,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from aujax import lrp, pipeline, protocol
-    from experiments import default
+    from aujax.configs import default
 
     if not os.path.exists(os.path.join(args.workdir, "config.json")):
         parser.error(f"--workdir={args.workdir}: no config.json there; train first (python -m aujax.main "

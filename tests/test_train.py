@@ -8,7 +8,7 @@ import pytest
 
 from aujax import model as model_lib
 from aujax import protocol, train
-from experiments import default, paper
+from aujax.configs import default, paper
 from tests.conftest import TINY_WIDTHS, patch_records, run_python
 
 
