@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.momentum = 0.95
     config.train.pos_weight_max = 10.0
     config.train.checkpoint_every_steps = 0  # 0: at the end of every epoch
+    config.train.log_every_steps = 10  # TensorBoard: the training loss of every this many steps (0: none)
 
     config.explain = ml_collections.ConfigDict()
     config.explain.composite = "paper"  # the main LRP composite (aujax.lrp.COMPOSITES)
