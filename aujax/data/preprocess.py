@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from aujax.data import layouts, records
+from aujax.progress import Progress
 
 REPORT_COLUMNS = ("source", "status", "reason", "message")
 READ_FAILURES = ("unreadable", "empty_file", "too_small", "too_large")  # faces.FaceError reasons before a face search
@@ -129,7 +130,8 @@ def load_records(dataset: str, data_dir: str, **options) -> records.FaceRecords:
     """The built `dataset` under `data_dir` as `FaceRecords` (name = dataset), sorted by source.
 
     Every record is read once for the labels, landmarks and ids; the images are read by random access when their rows
-    are indexed (`records.LazyImages`), so they are not all held in memory.
+    are indexed (`records.LazyImages`), so they are not all held in memory. The first read shows its progress
+    (`aujax.progress`).
 
     With options, the dataset built with those options; without, the default build, or the only one there is.
     `blendshapes` is float32 (n, 52) when the build stored them (landmarks="mediapipe"), None when it has no such
@@ -147,9 +149,12 @@ def load_records(dataset: str, data_dir: str, **options) -> records.FaceRecords:
     source = builder.as_data_source(split="train")
     fields = ["landmarks", "labels", "intensity", "subject", "source"] + \
         ([builders.BLENDSHAPE_FEATURE] if has_blendshapes else [])
-    examples = [{field: example[field] for field in fields}  # the images are dropped here and read again by row
-                for start in range(0, len(source), _READ_CHUNK)
-                for example in source.__getitems__(range(start, min(start + _READ_CHUNK, len(source))))]
+    examples = []
+    with Progress(len(source), f"{dataset}: reading records", "records") as progress:
+        for start in range(0, len(source), _READ_CHUNK):
+            chunk = source.__getitems__(range(start, min(start + _READ_CHUNK, len(source))))
+            examples += [{field: example[field] for field in fields} for example in chunk]  # images: read by row later
+            progress.advance(len(chunk))
     order = np.argsort(_texts(examples, "source"), kind="stable")
     examples = [examples[i] for i in order]
 
