@@ -309,6 +309,65 @@ def test_options_as_the_command_line_gives_them_are_taken():
     assert builders.make_config("unbc_mcmaster", workers=None).workers is None
 
 
+# --- registered with TFDS -----------------------------------------------------------------------------------------
+
+DOCUMENTED_VARIANTS = {  # the first: the default config
+        "ck_plus": ({}, {"landmarks": "dataset"}, {"label_frames": "all"}),
+        "unbc_mcmaster": ({}, {"landmarks": "dataset"}),
+        "manifest": ({}, {"landmarks": "dataset"}),
+        "actor_study": ({}, {"landmarks": "dataset"}),
+        "synthetic_faces": ({},),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(DOCUMENTED_VARIANTS))
+def test_tfds_finds_each_builder_with_its_documented_variants(tmp_path, dataset):
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(dataset, data_dir=str(tmp_path))  # registered by importing aujax.data.builders
+    expected = [builders.make_config(dataset, **options).name for options in DOCUMENTED_VARIANTS[dataset]]
+    assert type(builder) is builders.BUILDERS[dataset] and list(builder.builder_configs) == expected
+    assert builder.builder_config.name == expected[0] and str(builder.info.file_format) == "FileFormat.ARRAY_RECORD"
+    named = tfds.builder(f"{dataset}/{expected[-1]}", data_dir=str(tmp_path))
+    assert named.builder_config is builder.builder_configs[expected[-1]]
+    assert dataset in tfds.list_builders(with_community_datasets=False)
+
+
+def test_real_dataset_builders_cite_their_paper_and_show_their_layout():
+    for builder_class in (builders.CkPlus, builders.UnbcMcmaster):
+        assert builder_class.HOMEPAGE.startswith("https://") and "@inproceedings{" in builder_class.CITATION
+    assert "Lucey" in builders.CkPlus.CITATION and "UNBC-McMaster" in builders.UnbcMcmaster.CITATION
+    assert "@inproceedings{" in builders.ActorStudy.CITATION
+    for dataset in ("ck_plus", "unbc_mcmaster", "manifest", "actor_study"):
+        layout = "manifest" if dataset == "actor_study" else dataset
+        assert layouts.EXPECTED_TREES[layout] in builders.BUILDERS[dataset].MANUAL_DOWNLOAD_INSTRUCTIONS
+
+
+def test_a_build_through_tfds_lands_where_training_reads_it(tmp_path):
+    import tensorflow_datasets as tfds
+
+    root = ck_tree(tmp_path / "ck")
+    config = builders.make_config("ck_plus", landmarks="dataset").name
+    builder = tfds.builder(f"ck_plus/{config}", data_dir=str(tmp_path / "tfds"))  # as `tfds build` does
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+    through_tfds = preprocess.load_records("ck_plus", str(tmp_path / "tfds"), landmarks="dataset")
+    build("ck_plus", root, tmp_path, landmarks="dataset")
+    through_preprocess = preprocess.load_records("ck_plus", str(tmp_path / "data"), landmarks="dataset")
+    assert len(through_tfds) == 2
+    for field in ("image", "landmarks", "labels", "source"):
+        np.testing.assert_array_equal(getattr(through_tfds, field), getattr(through_preprocess, field))
+
+    wrong = tfds.builder("ck_plus", data_dir=str(tmp_path / "wrong"))
+    with pytest.raises(layouts.LayoutError, match="lacks cohn-kanade-images, FACS"):
+        wrong.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path)))
+
+
+def test_a_build_option_keeps_the_registered_config_of_the_same_name(tmp_path):
+    builder = builders.make_builder("actor_study", str(tmp_path), workers=1)
+    assert builder.builder_config is builders.ActorStudy.builder_configs[builders.make_config("actor_study").name]
+    assert builder.build_options == {"workers": 1, "encoding": "utf-8"}
+
+
 # --- synthetic ----------------------------------------------------------------------------------------------------
 
 def test_synthetic_faces_builder_holds_what_the_generator_makes(tmp_path):

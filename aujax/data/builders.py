@@ -19,6 +19,16 @@ Builders (`BUILDERS`): ck_plus, unbc_mcmaster, manifest, actor_study (a manifest
 synthetic_faces (the embedded generator). Data lands in `<data_dir>/<name>/<config name>/1.0.0/`; the config name
 spells out the options that shape the data, so differently built variants live side by side.
 
+Importing this module registers the builders with TFDS (`import aujax` does not, to stay light), so that
+
+  import aujax.data.builders, tensorflow_datasets as tfds
+  tfds.builder("ck_plus", data_dir=...)                          # the default variant; "ck_plus/<config name>"
+  tfds build --imports=aujax.data.builders ck_plus --manual_dir=... --data_dir=...
+
+find them. Each builder's `BUILDER_CONFIGS` are the documented variants (e.g. ck_plus: the default, landmarks=dataset,
+label_frames=all), the first its default; `make_config` names any other combination of options. The builders write
+array_record unless told otherwise (tfrecord would need TensorFlow).
+
 Faces are cropped with MediaPipe (`faces.crop_files`, landmarks="mediapipe") or around the dataset's own landmarks
 (`faces.crop_around_landmarks`, landmarks="dataset", no MediaPipe). Every input file ends up as one row of the
 builder's `report_rows` (see `layouts.Issue`); a bad file never stops the build.
@@ -166,28 +176,72 @@ def _options(config: tfds.core.BuilderConfig) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in base}
 
 
+def _build_options(config: tfds.core.BuilderConfig) -> dict[str, Any]:
+    """The options of `config` that change how a dataset is built, not what it holds (`_BUILD_ONLY_OPTIONS`)."""
+    return {k: v for k, v in _options(config).items() if k in _BUILD_ONLY_OPTIONS}
+
+
+def _named_config(config_class: type, **options) -> tfds.core.BuilderConfig:
+    """A `config_class` with `options` (valid ones), named after the options that shape the data, which its
+    description lists as JSON."""
+    config = config_class(name="-", **options)
+    config.validate()
+    data_options = {k: v for k, v in _options(config).items() if k not in _BUILD_ONLY_OPTIONS}
+    name = re.sub(r"[^\w.+-]+", "-", ".".join(config.name_parts()))
+    return dataclasses.replace(config, name=name, description=json.dumps(data_options, sort_keys=True))
+
+
+def _variants(config_class: type, *variants: dict[str, Any]) -> list[tfds.core.BuilderConfig]:
+    """BUILDER_CONFIGS: the default config of `config_class`, then one per dict of options."""
+    return [_named_config(config_class, **options) for options in ({}, *variants)]
+
+
+_LANDMARKS_FROM_DATASET = {"landmarks": "dataset"}
+
+
 # --- builders -----------------------------------------------------------------------------------------------------
 
-class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """A face dataset read from a manual directory; subclasses name their layout scan and extras."""
+class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """What every aujax builder shares: the version, array_record by default, the build-only options, the report.
+
+    build_options: options that change how the dataset is built, not what it holds (workers, encoding), over the
+    config's own; they let a build use one of the registered `BUILDER_CONFIGS` (tfds takes only the very objects).
+    """
     VERSION = tfds.core.Version(VERSION)
     # tfds derives this from the package, which on Python >= 3.9 needs the importlib_resources backport; it only
     # serves to find a download-checksums file, and these datasets download nothing.
     code_path = epath.Path(__file__)
+    HOMEPAGE = ""
+    CITATION = ""
+    report_rows: list[layouts.Issue]
+    other_aus: dict[int, int]
+
+    def __init__(self, *, file_format: str = "array_record", build_options: dict[str, Any] | None = None,
+                 **kwargs):
+        super().__init__(file_format=file_format, **kwargs)
+        self.build_options = {**_build_options(self.builder_config), **(build_options or {})}
+
+    def _dataset_info(self, description: str, extras: dict[str, Any]) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(builder=self, description=description, features=_features(extras),
+                                     homepage=self.HOMEPAGE or None, citation=self.CITATION or None)
+
+
+class _FaceBuilder(_Builder, skip_registration=True):
+    """A face dataset read from a manual directory; subclasses name their layout scan and extras."""
     CONFIG_CLASS = FaceConfig
     EXTRA_FEATURES: dict[str, Any] = {}
     DESCRIPTION = ""
-    report_rows: list[layouts.Issue]
-    other_aus: dict[int, int]
 
     def _info(self) -> tfds.core.DatasetInfo:
         blendshape_feature = {BLENDSHAPE_FEATURE: tfds.features.Tensor(shape=(blendshapes.NUM_BLENDSHAPES,),
                                                                       dtype=np.float32)}
         extras = {**(blendshape_feature if self.builder_config.has_blendshapes else {}), **self.EXTRA_FEATURES}
-        return tfds.core.DatasetInfo(builder=self, description=self.DESCRIPTION, features=_features(extras))
+        return self._dataset_info(self.DESCRIPTION, extras)
 
     def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples(str(dl_manager.manual_dir))}
+        manual_dir = str(dl_manager.manual_dir)  # tfds' MANUAL_DOWNLOAD_INSTRUCTIONS if none was given
+        self.check_manual_dir(manual_dir)  # for builds through tfds itself (preprocess checks before it builds)
+        return {"train": self._generate_examples(manual_dir)}
 
     def check_manual_dir(self, manual_dir: str) -> None:
         """LayoutError, with the expected tree, if `manual_dir` is not laid out for this dataset."""
@@ -203,7 +257,7 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, root: str) -> Iterator[tuple[str, dict]]:
         scan = self.scan(root)
         self.report_rows, self.other_aus = list(scan.issues), dict(scan.other_aus)
-        for face, crop in _crop(scan.faces, self.builder_config):
+        for face, crop in _crop(scan.faces, self.builder_config, self.build_options["workers"]):
             if not isinstance(crop, tuple):
                 self.report_rows.append(layouts.Issue(face.source, "skipped", crop.reason,
                                                       f"{face.source}: {crop.detail}"))
@@ -224,15 +278,15 @@ def _ok_row(face: layouts.FaceFile, num_faces: int) -> layouts.Issue:
     return layouts.Issue(face.source, "ok", ";".join(r for r, _ in notes), "; ".join(m for _, m in notes))
 
 
-def _crop(faces: list[layouts.FaceFile], config: FaceConfig):
+def _crop(faces: list[layouts.FaceFile], config: FaceConfig, workers: int | None):
     """(face, (image, landmarks, blendshapes or None, num_faces) or faces.FaceError) for each face, in order;
-    blendshapes (float32 (52,)) come from MediaPipe, None with the dataset's own landmarks."""
+    blendshapes (float32 (52,)) come from MediaPipe (`workers` processes), None with the dataset's own landmarks."""
     if not faces:
         return
     from aujax.data import faces as face_crops  # MediaPipe and OpenCV only where images are cropped
 
     if config.landmarks == "mediapipe":
-        results = face_crops.crop_files([f.path for f in faces], workers=config.workers, margin=config.margin)
+        results = face_crops.crop_files([f.path for f in faces], workers=workers, margin=config.margin)
         for face, (_, result) in zip(faces, results):
             is_error = isinstance(result, face_crops.FaceError)
             yield face, result if is_error else (result.image, result.landmarks, result.blendshapes,
@@ -247,10 +301,21 @@ def _crop(faces: list[layouts.FaceFile], config: FaceConfig):
             yield face, error
 
 
-class CkPlus(_FaceBuilder, skip_registration=True):
+class CkPlus(_FaceBuilder):
     """Extended Cohn-Kanade (CK+): posed expression sequences from neutral to peak, FACS-coded at the peak."""
     name = "ck_plus"
     CONFIG_CLASS = CkPlusConfig
+    BUILDER_CONFIGS = _variants(CkPlusConfig, _LANDMARKS_FROM_DATASET, {"label_frames": "all"})
+    HOMEPAGE = "https://www.jeffcohn.net/Resources/"
+    CITATION = """\
+@inproceedings{lucey2010ckplus,
+  author = {Lucey, Patrick and Cohn, Jeffrey F. and Kanade, Takeo and Saragih, Jason and Ambadar, Zara and
+            Matthews, Iain},
+  title = {The Extended Cohn-Kanade Dataset ({CK+}): A complete dataset for action unit and emotion-specified
+           expression},
+  booktitle = {IEEE Computer Society Conference on Computer Vision and Pattern Recognition Workshops (CVPRW)},
+  year = {2010},
+}"""
     EXTRA_FEATURES = {"peak": tfds.features.Tensor(shape=(), dtype=np.bool_)}
     DESCRIPTION = "CK+ face crops with the 8 pain AUs, labels propagated from each sequence's peak frame."
     MANUAL_DOWNLOAD_INSTRUCTIONS = ("Extract the CK+ distribution (cohn-kanade-images, FACS, Landmarks) so that:\n"
@@ -261,9 +326,19 @@ class CkPlus(_FaceBuilder, skip_registration=True):
         return layouts.scan_ck_plus(root, config.label_frames, config.pain_only, config.landmarks == "dataset")
 
 
-class UnbcMcmaster(_FaceBuilder, skip_registration=True):
+class UnbcMcmaster(_FaceBuilder):
     """UNBC-McMaster Shoulder Pain Expression Archive: spontaneous pain, FACS-coded per frame, with PSPI."""
     name = "unbc_mcmaster"
+    BUILDER_CONFIGS = _variants(FaceConfig, _LANDMARKS_FROM_DATASET)
+    HOMEPAGE = "https://www.jeffcohn.net/Resources/"
+    CITATION = """\
+@inproceedings{lucey2011painful,
+  author = {Lucey, Patrick and Cohn, Jeffrey F. and Prkachin, Kenneth M. and Solomon, Patricia E. and
+            Matthews, Iain},
+  title = {Painful data: The {UNBC-McMaster} shoulder pain expression archive database},
+  booktitle = {IEEE International Conference on Automatic Face and Gesture Recognition (FG)},
+  year = {2011},
+}"""
     EXTRA_FEATURES = {"pspi": tfds.features.Tensor(shape=(), dtype=np.float32)}
     DESCRIPTION = "UNBC-McMaster face crops with the 8 pain AUs and the frame's PSPI score."
     MANUAL_DOWNLOAD_INSTRUCTIONS = ("Extract the UNBC-McMaster distribution so that:\n"
@@ -274,42 +349,50 @@ class UnbcMcmaster(_FaceBuilder, skip_registration=True):
         return layouts.scan_unbc(root, config.pain_only, config.landmarks == "dataset")
 
 
-class Manifest(_FaceBuilder, skip_registration=True):
+class Manifest(_FaceBuilder):
     """Any dataset described by a CSV manifest of images, subjects and AU codes."""
     name = "manifest"
     CONFIG_CLASS = ManifestConfig
+    BUILDER_CONFIGS = _variants(ManifestConfig, _LANDMARKS_FROM_DATASET)
     DESCRIPTION = "Face crops listed by a CSV manifest (image, subject, AU<n>, optional landmarks)."
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Put the images and the manifest under one data root:\n" + \
                                    layouts.EXPECTED_TREES["manifest"]
 
     def _layout_options(self) -> dict[str, str]:
-        return {"manifest": self.builder_config.manifest, "encoding": self.builder_config.encoding}
+        return {"manifest": self.builder_config.manifest, "encoding": self.build_options["encoding"]}
 
     def scan(self, root: str) -> layouts.Scan:
         config = self.builder_config
         return layouts.scan_manifest(root, config.manifest, config.exclude_subjects, config.pain_only,
-                                     config.landmarks == "dataset", dataset=self.name, encoding=config.encoding)
+                                     config.landmarks == "dataset", dataset=self.name,
+                                     encoding=self.build_options["encoding"])
 
 
-class ActorStudy(Manifest, skip_registration=True):
+class ActorStudy(Manifest):
     """The paper's Actor Study, given as a manifest; participant 16 left out by default."""
     name = "actor_study"
     CONFIG_CLASS = ActorStudyConfig
+    BUILDER_CONFIGS = _variants(ActorStudyConfig, _LANDMARKS_FROM_DATASET)
+    CITATION = """\
+@inproceedings{seuss2019actorstudy,
+  author = {Seuss, Dominik and Dieckmann, Anja and Hassan, Teena and Garbas, Jens-Uwe and Ellgring, Johann Heinrich
+            and Mortillaro, Marcello and Scherer, Klaus},
+  title = {Emotion expression from different angles: A video database for facial expressions of actors shot by a
+           camera array},
+  booktitle = {International Conference on Affective Computing and Intelligent Interaction (ACII)},
+  year = {2019},
+}"""
     DESCRIPTION = "Actor Study face crops from a CSV manifest, participant 16 excluded by default."
 
 
-class SyntheticFaces(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class SyntheticFaces(_Builder):
     """The embedded synthetic face generator as a dataset (no manual directory)."""
     name = "synthetic_faces"
-    VERSION = tfds.core.Version(VERSION)
-    code_path = epath.Path(__file__)  # as in _FaceBuilder
     CONFIG_CLASS = SyntheticConfig
-    report_rows: list[layouts.Issue]
-    other_aus: dict[int, int]
+    BUILDER_CONFIGS = _variants(SyntheticConfig)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(builder=self, description="Synthetic faces from aujax.data.synthetic.",
-                                     features=_features({}))
+        return self._dataset_info("Synthetic faces from aujax.data.synthetic.", {})
 
     def check_manual_dir(self, manual_dir: str) -> None:
         """The generator needs no manual directory."""
@@ -349,11 +432,7 @@ def make_config(dataset: str, **options) -> tfds.core.BuilderConfig:
     if unknown:
         raise ValueError(f"{dataset}: unknown option(s) {unknown}; options are {known}")
     _check_option_types(dataset, config_class, options)
-    config = config_class(name="-", **options)
-    config.validate()
-    data_options = {k: v for k, v in _options(config).items() if k not in _BUILD_ONLY_OPTIONS}
-    name = re.sub(r"[^\w.+-]+", "-", ".".join(config.name_parts()))
-    return dataclasses.replace(config, name=name, description=json.dumps(data_options, sort_keys=True))
+    return _named_config(config_class, **options)
 
 
 def _check_option_types(dataset: str, config_class: type, options: dict[str, Any]) -> None:
@@ -382,9 +461,12 @@ def _is_a(value, kind) -> bool:
 
 
 def make_builder(dataset: str, data_dir: str, **options) -> tfds.core.GeneratorBasedBuilder:
-    """The builder of `dataset` writing array_record files under `data_dir`, configured by `options`."""
-    return _builder_class(dataset)(config=make_config(dataset, **options), data_dir=data_dir,
-                                   file_format="array_record")
+    """The builder of `dataset` writing array_record files under `data_dir`, configured by `options`: with the
+    registered config of that name if there is one (tfds refuses another config of the same name)."""
+    config = make_config(dataset, **options)
+    builder_class = _builder_class(dataset)
+    return builder_class(config=builder_class.builder_configs.get(config.name, config), data_dir=data_dir,
+                         build_options=_build_options(config))
 
 
 def built_config_names(dataset: str, data_dir: str) -> list[str]:
