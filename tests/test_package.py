@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 
 import pytest
 from ml_collections.config_flags import config_flags
@@ -47,6 +48,20 @@ def test_config_flag_takes_a_packaged_name_or_a_path():
                                             "--config.seed=3", "--workdir=paper"]
     with pytest.raises(ValueError, match="packaged: default, paper, bias"):
         configs.path("papers")
+
+
+def requirements(path: str) -> list[str]:
+    """The requirement lines of a pip requirements file, without comments."""
+    with open(os.path.join(REPO, path)) as f:
+        return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+
+def test_package_requires_what_the_requirements_files_list():
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    assert project["dependencies"] == requirements("requirements.txt")
+    assert project["optional-dependencies"]["test"] == requirements("tests/requirements.txt")
+    assert project["scripts"] == {"aujax": "aujax.main:run"}
 
 
 @pytest.fixture(scope="module")
