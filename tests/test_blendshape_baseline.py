@@ -13,7 +13,7 @@ from ml_collections import config_dict
 
 from aujax import facs, metrics, protocol, train
 from aujax.data import blendshapes, records
-from tests.conftest import patch_records
+from tests.support import patch_records
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 AU = {au: i for i, au in enumerate(facs.AU_IDS)}

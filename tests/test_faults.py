@@ -27,24 +27,12 @@ import numpy as np
 import pytest
 
 from aujax import files, train, workdir_lock
-from experiments.kill_and_resume import child_env, saved_steps
-from tests.conftest import REPO, patch_records
-from tests.test_cli import _assert_clean_error, _main
-from tests.test_multihost import COMPILATION_CACHE
-from tests.test_train import _cfg, _fold_setup
+from tests.support import (COMPILATION_CACHE, REPO, _assert_one_error_line, _cfg, _fold_setup, _main, child_env,
+                           patch_records, saved_steps)
 
 ARGS = ["--mode=train", "--width=4,8,8,8", "--batch_size=8", "--epochs=12", "--config.protocol.max_folds=1",
         "--config.protocol.min_support=1"]
 STEPS = 36  # 12 epochs of 3 steps: fold A000 trains on 16 train-role and 8 cv-role images
-
-
-def _assert_one_error_line(result, *fragments) -> str:
-    """`_assert_clean_error`, and the message is printed once (no log line repeats it); returns the message."""
-    _assert_clean_error(result, *fragments)
-    message = next(line for line in result.stderr.splitlines() if line.startswith("aujax: error:"))
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert result.stderr.count(message.removeprefix("aujax: error: ")) == 1, result.stderr[-3000:]
-    return message
 
 
 @contextlib.contextmanager
@@ -128,11 +116,15 @@ def _stop_step(result) -> int:
     return int(re.search(r"stopped by request in fold A000 at step (\d+)", result.stderr).group(1))
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess  # the command line, interrupted and resumed
 def test_ctrl_c_outside_training_ends_the_run_at_once_with_one_line(interrupted):
     _, runs = interrupted
     _assert_one_error_line(runs["outside"], "interrupted (Ctrl-C)", "run the same command again")
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess  # the command line, interrupted and resumed
 def test_ctrl_c_in_training_saves_a_checkpoint_at_the_next_step_and_stops(interrupted):
     latest, runs = interrupted
     _assert_one_error_line(runs["ctrl_c"], "stopped by request in fold A000 at step", "after saving a checkpoint")
@@ -141,6 +133,8 @@ def test_ctrl_c_in_training_saves_a_checkpoint_at_the_next_step_and_stops(interr
     assert runs["steps after ctrl_c"][-1] == step
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess  # the command line, interrupted and resumed
 def test_a_full_disk_is_one_line_naming_the_checkpoint_and_the_space_and_keeps_the_last_checkpoint(interrupted):
     latest, runs = interrupted
     if "full" not in runs:
@@ -151,6 +145,8 @@ def test_a_full_disk_is_one_line_naming_the_checkpoint_and_the_space_and_keeps_t
     assert not [name for name in runs["files after full"] if name.endswith(".tmp")], runs["files after full"]
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess  # the command line, interrupted and resumed
 def test_after_space_is_freed_the_run_resumes_from_its_last_checkpoint_and_finishes(interrupted):
     latest, runs = interrupted
     if "freed" not in runs:
@@ -183,6 +179,7 @@ def test_ctrl_c_in_a_multi_host_run_is_passed_on_as_sigterm_to_jax_s_preemption_
     assert sent == [(os.getpid(), signal.SIGTERM)] and not stop.requested  # set at the agreed step by after_step
 
 
+@pytest.mark.slow  # trains a fold three times
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's failing writer threads
 def test_a_disk_that_fills_while_orbax_writes_is_a_disk_full_error_and_the_fold_resumes_exactly(tmp_path, small_disk):
     """Stopped after the checkpoint of step 2, then resumed with room for the state (67.5 kB) but not for its
@@ -235,6 +232,7 @@ def test_write_npz_writes_a_file_numpy_reads(tmp_path):
     assert os.listdir(tmp_path / "a") == ["p.npz"]
 
 
+@pytest.mark.multiprocess  # a second process holds the lock
 def test_the_workdir_lock_is_exclusive_names_its_holder_and_dies_with_it(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom aujax import workdir_lock\nwith workdir_lock.held(sys.argv[1]):\n"
@@ -257,6 +255,7 @@ def test_the_workdir_lock_is_exclusive_names_its_holder_and_dies_with_it(tmp_pat
         pass
 
 
+@pytest.mark.slow  # the command line
 def test_a_second_run_on_a_workdir_in_use_is_refused_naming_the_holder(tmp_path):
     with workdir_lock.held(str(tmp_path)):
         result = _main(f"--workdir={tmp_path}", "--mode=preprocess", "--dataset=ck_plus", f"--manual_dir={tmp_path}")
@@ -264,20 +263,24 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_naming_the_holder(tmp_path)
                                    f"{socket.gethostname()}", "use another --workdir")
 
 
-def test_a_config_field_that_does_not_exist_is_named_with_the_config_sections(tmp_path):
+def test_a_config_field_that_does_not_exist_is_named_with_the_config_sections():
+    """Checked before the flags are parsed (the command line's one-line contract: tests/test_cli.py); integer flags
+    that do not parse or fit are tested there too (--epochs=two on the command line, --seed=-1 in-process)."""
+    from absl import flags
+
+    from aujax import main
+
     sections = "data, explain, model, protocol, seed, synthetic, train"
-    _assert_one_error_line(_main(f"--workdir={tmp_path}", "--config.nonexistent=1"),
-                           f"--config.nonexistent: no such field; the top-level sections are {sections}")
-    _assert_one_error_line(_main("--config=experiments/paper.py", f"--workdir={tmp_path}", "--config.train.epoch=3"),
-                           "--config.train.epoch: no such field (config.train has batch_size, checkpoint_every_steps, "
-                           f"epochs,", sections)
+    with pytest.raises(flags.Error, match=re.escape(
+            f"--config.nonexistent: no such field; the top-level sections are {sections}")):
+        main._check_config_overrides(["aujax", "--config.nonexistent=1"])
+    with pytest.raises(flags.Error, match=re.escape(
+            "--config.train.epoch: no such field (config.train has batch_size, checkpoint_every_steps, epochs,")) as e:
+        main._check_config_overrides(["aujax", f"--config={REPO}/experiments/paper.py", "--config.train.epoch=3"])
+    assert sections in str(e.value)
 
 
-def test_integer_flags_that_do_not_parse_or_fit_are_named(tmp_path):
-    _assert_one_error_line(_main(f"--workdir={tmp_path}", "--epochs=two"), "flag --epochs=two: invalid literal")
-    _assert_one_error_line(_main(f"--workdir={tmp_path}", "--seed=-1"), "--seed=-1 must be a non-negative integer")
-
-
+@pytest.mark.slow  # the command line
 def test_an_unexpected_error_is_one_line_naming_a_log_file_with_its_traceback(tmp_path):
     code = ("import runpy, sys\nfrom aujax import pipeline\n"
             "def broken(*args, **kwargs):\n    raise RuntimeError('simulated bug\\nsecond line')\n"

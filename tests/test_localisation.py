@@ -6,7 +6,7 @@ import pytest
 
 from aujax import facs
 from aujax import localisation
-from tests.conftest import float32_ratio_rtol
+from tests.support import float32_ratio_rtol
 
 # A 4x4 heatmap whose region is the top-left 2x2 block (M = 4 of P = 16 pixels).
 HEATMAP = np.array([

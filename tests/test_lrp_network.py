@@ -10,7 +10,7 @@ from aujax import facs, model
 from aujax.lrp import (COMPOSITES, budget, canonize, explain, explain_with_logits, fold_batch_norm, get_composite,
                        make_explain_fn, pixel_heatmaps, rules, without_biases)
 from aujax.lrp.explainer import linear_layers, lrp_forward, output_seeds
-from lrp_support import LRP_WIDTHS, randomized_variables, sample_images
+from tests.support import LRP_WIDTHS, randomized_variables, sample_images
 
 
 @jax.jit

@@ -23,8 +23,8 @@ from zennit.torchvision import ResNetBasicBlockCanonizer  # noqa: E402
 
 from aujax import facs, model  # noqa: E402
 from aujax.lrp import DEFAULT_EPSILON, canonize, make_explain_fn, pixel_heatmaps  # noqa: E402
-from experiments.benchmark import fold_batch_norm_torch  # noqa: E402
-from lrp_support import LRP_WIDTHS, randomized_variables, sample_images  # noqa: E402
+from experiments.torch_reference import fold_batch_norm_torch  # noqa: E402
+from tests.support import LRP_WIDTHS, randomized_variables, sample_images  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import jax
@@ -24,10 +23,9 @@ import numpy as np
 import pytest
 
 from aujax import distributed
-from experiments.kill_and_resume import child_env, restore_arrays, saved_steps
-from tests.conftest import CROSS_LAYOUT_REL, REPO, patch_records, tree_relative_difference
+from tests.support import (COMPILATION_CACHE, CROSS_LAYOUT_REL, REPO, child_env, patch_records, restore_arrays,
+                           saved_steps, tree_relative_difference)
 
-COMPILATION_CACHE = os.environ.get("AUJAX_TEST_JAX_CACHE", os.path.join(tempfile.gettempdir(), "aujax-test-jax-cache"))
 ARGS = ["--mode=train", "--width=4,8,8,8", "--batch_size=8", "--config.protocol.max_folds=1",
         "--config.protocol.min_support=1"]
 STEPS_PER_EPOCH = 2  # fold 0 trains on 4 + 4 train-role images and the 8 of the other cv subject
@@ -103,6 +101,8 @@ def _stop_step(outputs) -> list[int | None]:
     return [int(m.group(1)) if (m := _STOPPED.search(text)) else None for _, text in outputs]
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess  # the `runs` fixture: the command line as 1 and 2 processes
 def test_sigterm_to_one_process_stops_both_at_the_same_step_after_a_checkpoint(runs):
     two = runs["two"]
     steps = _stop_step(two)
@@ -114,6 +114,8 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_after_a_checkpoint(r
     assert saved_steps(runs["root"] / "two" / "checkpoints" / "fold_00" / "latest")[-1] == steps[0]
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess  # the `runs` fixture: the command line as 1 and 2 processes
 def test_two_processes_train_like_one_process_and_their_checkpoint_restores_in_one(runs):
     """Step 2 (end of epoch 1), written by 2 processes x 4 devices, restored here in one process on one device,
     against the same step of the 1-process x 8-device run."""
@@ -127,6 +129,8 @@ def test_two_processes_train_like_one_process_and_their_checkpoint_restores_in_o
     assert int(two["step"]) == int(one["step"]) == STEPS_PER_EPOCH
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess  # the `runs` fixture: the command line as 1 and 2 processes
 def test_each_process_reads_and_holds_only_the_images_of_its_own_devices(runs):
     """24 training images (8 train role + 16 cv role) over 8 devices; the records are records directories, whose
     images each process reads by row (memory-mapped)."""
@@ -137,6 +141,8 @@ def test_each_process_reads_and_holds_only_the_images_of_its_own_devices(runs):
                 in text), text[-3000:]
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess  # the `runs` fixture: the command line as 1 and 2 processes
 def test_checkpoint_of_two_processes_resumes_in_one_process(runs):
     _expect_success("resume in 1 process", runs["resumed"])
     text = runs["resumed"][0][1]

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from tests.conftest import REPO
-from tests.test_cli import _assert_clean_error, _main
+from aujax import pipeline
+from tests.support import REPO, _assert_clean_error, _main, config_with
 
 TINY_RUN = [
     "--width=4,8,8,8", "--epochs=1", "--batch_size=8",
@@ -28,6 +28,7 @@ def trained_run(tmp_path_factory):
     return workdir, result
 
 
+@pytest.mark.slow  # the command line trains and explains a tiny run
 def test_mode_all_writes_tables_figures_and_report(trained_run):
     workdir, result = trained_run
     results = workdir / "results"
@@ -47,6 +48,7 @@ def test_mode_all_writes_tables_figures_and_report(trained_run):
     assert summary["best_fold_subject"] in {"A000", "A001"}
 
 
+@pytest.mark.slow  # the command line trains and explains a tiny run
 def test_explain_image_on_the_astronaut(trained_run):
     workdir, _ = trained_run
     result = _main(f"--workdir={workdir}", "--mode=explain_image", f"--image={REPO}/tests/data/astronaut.png")
@@ -61,6 +63,7 @@ def test_explain_image_on_the_astronaut(trained_run):
     assert "AU4 brow lowerer" in result.stdout
 
 
+@pytest.mark.slow  # the command line trains and explains a tiny run
 def test_explain_image_bad_inputs(trained_run, tmp_path):
     workdir, _ = trained_run
     photo = f"--image={REPO}/tests/data/astronaut.png"
@@ -75,10 +78,14 @@ def test_explain_image_bad_inputs(trained_run, tmp_path):
 
 
 def test_explain_without_a_trained_run(tmp_path):
-    _assert_clean_error(_main(f"--workdir={tmp_path}", "--mode=explain", *TINY_RUN), "have not finished",
-                        "--mode=train")
+    config = config_with(**{"synthetic.train.num_subjects": 4, "synthetic.train.images_per_subject": 8,
+                            "synthetic.cv.num_subjects": 2, "synthetic.cv.images_per_subject": 8,
+                            "synthetic.cross.num_subjects": 2, "synthetic.cross.images_per_subject": 8})
+    with pytest.raises(FileNotFoundError, match="have not finished; run --mode=train"):
+        pipeline.run("explain", config, str(tmp_path))
 
 
+@pytest.mark.slow  # the command line trains and explains a tiny run
 def test_relevance_budget_of_a_trained_run(trained_run):
     import subprocess
     import sys
@@ -96,6 +103,7 @@ def test_relevance_budget_of_a_trained_run(trained_run):
     assert budget["images"] == 4 and "| head |" in result.stdout
 
 
+@pytest.mark.slow  # the command line trains and explains a tiny run
 def test_explain_with_mu_alone_on_4_devices_gives_the_mu_of_one_device_and_skips_the_other_metrics(trained_run,
                                                                                                   tmp_path):
     """The run was trained and explained on 1 device; explained again split over 4, with μ alone."""

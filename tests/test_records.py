@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from aujax.data import records
-from tests.conftest import patch_records
+from tests.support import patch_records
 
 
 class CountingReader:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from aujax.data import blendshapes, records, sources
-from tests.conftest import patch_records
+from tests.support import patch_records
 
 AU9 = 3  # AU9's column in facs.AU_IDS order
 

@@ -20,7 +20,7 @@ from PIL import Image
 from aujax import pipeline
 from aujax.data import fingerprint, records
 from aujax.configs import default
-from tests.conftest import REPO, TINY_WIDTHS, patch_records
+from tests.support import REPO, TINY_WIDTHS, patch_records
 
 ROLES = {"train": (2, 8, "C"), "cv": (2, 4, "A"), "cross": (1, 4, "U")}  # subjects, images each, subject prefix
 

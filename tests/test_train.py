@@ -9,7 +9,7 @@ import pytest
 from aujax import model as model_lib
 from aujax import protocol, train
 from aujax.configs import default, paper
-from tests.conftest import TINY_WIDTHS, patch_records, run_python
+from tests.support import _cfg, _fold_setup, patch_records, run_python
 
 
 def test_weighted_bce_equals_hand_computation():
@@ -63,20 +63,6 @@ def test_folds_never_share_a_subject_between_train_and_test():
     assert sorted(np.concatenate([f.test_index for f in folds])) == list(range(len(ck), len(resident)))
 
 
-def _cfg(**overrides):
-    values = dict(epochs=2, batch_size=8, learning_rate=0.01, momentum=0.95, seed=3, pos_weight_max=10.0,
-                  checkpoint_every_steps=0, threshold=0.5, min_support=1)
-    return train.TrainConfig(**{**values, **overrides})
-
-
-def _fold_setup(cfg):
-    records = patch_records(4, 6, seed=5, prefix="A")
-    mesh = train.make_mesh()
-    trainer = train.Trainer(model_lib.create_model(TINY_WIDTHS), cfg, mesh)
-    fold = train.FoldSpec(0, "A000", np.arange(6, 24), np.arange(6))
-    return trainer, fold, train.put_on_devices(records, mesh), records.labels
-
-
 class _StopAfter(train.StopRequested):
     """Asks to stop once `checks` steps have been taken (as SIGTERM would)."""
 
@@ -125,7 +111,7 @@ def test_train_step_on_8_devices_equals_one_device_and_batches_gather_from_every
 import jax, numpy as np
 from jax.sharding import Mesh
 from aujax import model as model_lib, train
-from tests.conftest import CROSS_LAYOUT_REL, TINY_WIDTHS, patch_records, tree_relative_difference
+from tests.support import CROSS_LAYOUT_REL, TINY_WIDTHS, patch_records, tree_relative_difference
 assert jax.device_count() == 8
 records = patch_records(2, 8, seed=0, prefix="A")
 model = model_lib.create_model(TINY_WIDTHS)
