@@ -9,16 +9,19 @@ processes, which it tells from
 A Cloud TPU VM slice started with `gcloud compute tpus tpu-vm ssh --worker=all` cannot be told from the environment:
 pass `--distributed=on` there (JAX reads the slice from the TPU metadata server). `--distributed=off` never starts it.
 
-Once started, `jax.devices()` lists the devices of every process, so the ('data',) mesh of `train.make_mesh` spans all
-hosts and each global batch is split over all of their devices. CPU processes exchange data through gloo (TCP).
+Once started, `jax.devices()` lists the devices of every process, so the ('data',) mesh of `make_mesh` spans all
+hosts and each global batch is split over all of their devices (`put_rows`: each process reads only the rows of its
+own devices). CPU processes exchange data through gloo (TCP).
 """
 
 import os
 from collections.abc import Sequence
 
 import jax
+import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MODES = ("auto", "on", "off")
 _FLAGS = ("--coordinator_address", "--num_processes", "--process_id")
@@ -126,3 +129,33 @@ def barrier(name: str) -> None:
     wrote before it is then there for all processes to read."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+def make_mesh() -> Mesh:
+    """A one-axis mesh over every device of every host."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def put_rows(source, index: np.ndarray, mesh: Mesh) -> tuple[jax.Array, int]:
+    """`source[index]` as one array split by rows over 'data', and how many distinct rows this process read.
+
+    Args:
+      source: rows to take from, indexable by an integer array: a numpy array, a memory map, `records.LazyImages`.
+      index: (n,) int, n a multiple of the devices; -1 gives a row of zeros.
+
+    Each process reads, in one call, only the rows that its own devices hold.
+    """
+    shape = (len(index),) + tuple(source.shape[1:])
+    sharding = NamedSharding(mesh, P("data"))
+    local = np.concatenate([index[i[0]] for i in sharding.addressable_devices_indices_map(shape).values()])
+    rows = np.unique(local[local >= 0])
+    held = source[rows]
+
+    def block(device_index) -> np.ndarray:
+        wanted = index[device_index[0]]
+        out = np.zeros((len(wanted),) + shape[1:], held.dtype)
+        real = wanted >= 0
+        out[real] = held[np.searchsorted(rows, wanted[real])]
+        return out
+
+    return jax.make_array_from_callback(shape, sharding, block), len(rows)

@@ -6,11 +6,9 @@ PNGs are written by the Agg canvas) and a writer that saves it. Images are drawn
 so axes coordinates are the continuous pixel coordinates of `aujax.regions` (pixel (row i, column j) covers
 x in [j, j+1), y in [i, i+1)): AU boxes and landmarks are drawn where μ looks for them.
 
-File names under `results/figures/` (the HTML report groups figures by these names): `FIGURE1_FILE`,
-`figure2_file(au)`, `HEATMAP_GRID_PREFIX`*, `TRAINING_CURVES_FILE`, `MU_DISTRIBUTIONS_FILE`.
+The file names under `results/figures/` are `aujax.rundir`'s (the HTML report groups figures by them).
 """
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -22,14 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from aujax import facs, files, regions
+from aujax import facs, files, regions, rundir
 from aujax.lrp import heatmaps as lrp_heatmaps
-
-FIGURE1_FILE = "figure1_regions.png"
-FIGURE2_PREFIX = "figure2_"
-HEATMAP_GRID_PREFIX = "heatmaps"
-TRAINING_CURVES_FILE = "training_curves.png"
-MU_DISTRIBUTIONS_FILE = "mu_distributions.png"
 
 REGION_COLOUR = "#00c000"
 REGION_LABEL = "AU region"  # label of every drawn region rectangle
@@ -37,12 +29,6 @@ LANDMARK_COLOUR = "#d62728"
 # Landmarks on lower contours (lower lids, lower lip, inner lip) get their ids below the dot, the others above,
 # so the ids of neighbouring contours (48/60, 54/64, 37/41 ...) do not overlap.
 LABELS_BELOW = frozenset((40, 41, 46, 47, *range(55, 68)))
-
-
-def figure2_file(au: int) -> str:
-    """'figure2_AU4.png'."""
-    facs.au_column(au)  # ValueError for an AU that is not one of ours
-    return f"{FIGURE2_PREFIX}AU{au}.png"
 
 
 def save_figure(figure: Figure, path, dpi: int = 150) -> Path:
@@ -251,18 +237,15 @@ def read_fold_histories(workdir: str) -> dict[str, list[dict]]:
     A finished fold's `result.json` gives its held-out subject (label 'fold_00: S001'); a fold still training has
     only `history.json` (label 'fold_00'). Folds with neither are left out.
     """
-    checkpoints = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(checkpoints):
-        return {}
     histories = {}
-    for name in sorted(d for d in os.listdir(checkpoints) if d.startswith("fold_")):
-        result = files.read_json(os.path.join(checkpoints, name, "result.json"))
+    for fold in rundir.RunDir(workdir).folds():
+        result = files.read_json(fold.result)
         if result is not None:
-            histories[f"{name}: {result['subject']}"] = result["history"]
+            histories[f"{fold.name}: {result['subject']}"] = result["history"]
             continue
-        history = files.read_json(os.path.join(checkpoints, name, "history.json"))
+        history = files.read_json(fold.history)
         if history:
-            histories[name] = history
+            histories[fold.name] = history
     return histories
 
 
@@ -322,3 +305,23 @@ def mu_distributions_figure(mu_by_dataset: Mapping[str, Mapping[str, np.ndarray]
 def mu_distributions(mu_by_dataset: Mapping[str, Mapping[str, np.ndarray]], path) -> Path:
     """`mu_distributions_figure` written as a PNG; returns the path."""
     return save_figure(mu_distributions_figure(mu_by_dataset), path)
+
+
+def write_explained(run: rundir.RunDir, explained, figure2_examples: list, grids: dict,
+                    histories: Mapping[str, Sequence[Mapping]]) -> None:
+    """The explain stage's figures under `run.figures`: Figure 1 (the first cv face), Figure 2 per AU
+    (`explain.Figure2Examples` of the cv role), one heatmap grid per role ({role: `explain.HeatmapGrid`}), the
+    training curves of `histories` and the μ distributions of every role under the main composite."""
+    main = explained.main
+    first = main["cv"].records
+    figure1_regions(first.image[0], first.landmarks[0], run.figure(rundir.FIGURE1))
+    for example in figure2_examples:
+        figure2_panel(example.au, first.image[example.index], example.heatmaps, first.landmarks[example.index],
+                      example.mu, run.figure(rundir.figure2(example.au)))
+    for role, grid in grids.items():
+        lrp_heatmaps.save_heatmap_grid(run.figure(rundir.heatmap_grid(role)), grid.heatmaps, grid.images / 255.0,
+                                       grid.titles)
+    training_curves(histories, run.figure(rundir.TRAINING_CURVES))
+    mu_distributions({result.records.name: mu_by_au(result.scores.values["mu"],
+                                                    result.selected & result.scores.defined["mu"])
+                      for result in main.values()}, run.figure(rundir.MU_DISTRIBUTIONS))

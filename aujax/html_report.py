@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from aujax import facs, figures, files, report
+from aujax import facs, files, report, rundir
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Nothing but the embedded images and inline CSS may load: opened from disk, the report fetches nothing.
@@ -81,18 +81,18 @@ def _stem(name: str) -> str:
 
 
 FIGURE_KINDS = (
-        FigureKind("Figure 1: AU regions", _stem(figures.FIGURE1_FILE),
+        FigureKind("Figure 1: AU regions", _stem(rundir.FIGURE1),
                    lambda m: "The face's 68 landmarks (iBUG order, 0-based ids) and each AU's region, drawn from "
                              "aujax.regions: the same boxes μ measures relevance in."),
-        FigureKind("Figure 2: examples with low and high μ", re.escape(figures.FIGURE2_PREFIX) + r"(?:AU)?(\d+)",
+        FigureKind("Figure 2: examples with low and high μ", re.escape(rundir.FIGURE2_PREFIX) + r"(?:AU)?(\d+)",
                    _figure2_caption),
-        FigureKind("LRP heatmap grids", re.escape(figures.HEATMAP_GRID_PREFIX),
+        FigureKind("LRP heatmap grids", re.escape(rundir.HEATMAP_GRID_PREFIX),
                    lambda m: "LRP heatmaps, one row per AU and one column per image (red: evidence for the AU, "
                              "blue: against, white: none; each heatmap scaled by its own max |R|)."),
-        FigureKind("Training curves", _stem(figures.TRAINING_CURVES_FILE),
+        FigureKind("Training curves", _stem(rundir.TRAINING_CURVES),
                    lambda m: "Training loss and held-out mean F1 per epoch, one line per leave-one-subject-out "
                              "fold (gaps: epochs where no AU had enough held-out positives for an F1)."),
-        FigureKind("μ distributions", _stem(figures.MU_DISTRIBUTIONS_FILE),
+        FigureKind("μ distributions", _stem(rundir.MU_DISTRIBUTIONS),
                    lambda m: "Per-AU distribution of μ, the share of positive relevance inside the AU's region, over "
                              "correctly detected AUs: box (quartiles, whiskers to 1.5 IQR) and every value, one "
                              "colour per dataset, n under each box."),
@@ -147,14 +147,14 @@ def _read_json(path: str):
 
 def summary_section(workdir: str) -> str:
     """The run summary (results/summary.json) and settings (config.json), or a note that there is none."""
-    summary = _read_json(os.path.join(workdir, "results", "summary.json"))
+    summary = _read_json(rundir.RunDir(workdir).summary)
     if summary is None:
         body = ('<p class="missing">No <code>results/summary.json</code>: run <code>--mode=evaluate</code> (or '
                 '<code>all</code>) for the summary and Tables 1 and 2.</p>')
     else:
         ordered = {key: summary[key] for key in SUMMARY_LABELS if key in summary}
         body = _mapping_table(ordered | summary, SUMMARY_LABELS)
-    config = _read_json(os.path.join(workdir, "config.json"))
+    config = _read_json(rundir.RunDir(workdir).config)
     if config is not None:
         body += f"<details><summary>Run settings (config.json)</summary>{_mapping_table(config)}</details>"
     return f'<section id="summary"><h2>Run summary</h2>{body}</section>'
@@ -264,7 +264,7 @@ def figures_section(figures_dir: str) -> str:
 
 def render_report(workdir: str, title: str = "aujax verification report") -> str:
     """The report of `workdir` as one HTML document (a string)."""
-    results_dir = os.path.join(workdir, "results")
+    run = rundir.RunDir(workdir)
     created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join([
             "<!DOCTYPE html>",
@@ -276,8 +276,8 @@ def render_report(workdir: str, title: str = "aujax verification report") -> str
             f'<p class="meta">{html.escape(os.path.abspath(workdir))}, written {created}</p>',
             '<nav><a href="#summary">Summary</a><a href="#tables">Tables</a><a href="#figures">Figures</a></nav>',
             summary_section(workdir),
-            tables_section(results_dir),
-            figures_section(os.path.join(results_dir, "figures")),
+            tables_section(run.results),
+            figures_section(run.figures),
             "</body></html>",
     ])
 
@@ -286,7 +286,7 @@ def write_report(workdir: str, title: str = "aujax verification report") -> str:
     """Write `workdir/report.html` (atomically) and return its path; FileNotFoundError if `workdir` is missing."""
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"--workdir={workdir} is not a directory: nothing to report")
-    path = os.path.join(workdir, "report.html")
+    path = rundir.RunDir(workdir).report
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(render_report(workdir, title))

@@ -26,7 +26,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections.config_flags import config_flags, config_path
 
-from aujax import configs, distributed, files, pipeline, workdir_lock
+from aujax import configs, distributed, files, pipeline, rundir, workdir_lock
 
 _CONFIG_OVERRIDE = re.compile(r"-{1,2}(?:no)?config\.([^=]+)")
 _KNOWN_ERRORS = (*pipeline.USER_ERRORS, files.DiskFullError, workdir_lock.WorkdirInUseError)
@@ -208,7 +208,7 @@ def _write_traceback(error: Exception, workdir: str) -> str:
     directory where the workdir cannot take it; returns the file's path."""
     name = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     text = " ".join(sys.argv) + "\n\n" + "".join(traceback.format_exception(error))
-    for path in (os.path.join(workdir, "logs", name), os.path.join(tempfile.gettempdir(), f"aujax-{name}")):
+    for path in (os.path.join(rundir.RunDir(workdir).logs, name), os.path.join(tempfile.gettempdir(), f"aujax-{name}")):
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w") as f:

@@ -15,9 +15,13 @@ import ml_collections
 from absl import logging
 
 from aujax import files
+from aujax import html_report
 from aujax import localisation
+from aujax import lrp
 from aujax import model as model_lib
 from aujax import protocol
+from aujax import report
+from aujax import rundir
 from aujax import train
 from aujax.data import fingerprint
 
@@ -37,12 +41,10 @@ _RUN_IDENTITY = ("seed", "data", "synthetic", "model", "train", "protocol")
 
 def check_settings(config) -> None:
     """Clear errors for settings that cannot work, before any data is generated or read."""
-    from aujax.lrp import COMPOSITES
-
     model_lib.resolve_widths(config.model.widths)
     for composite in (config.explain.composite, *config.explain.compare):
-        if composite not in COMPOSITES:
-            raise ValueError(f"LRP composite {composite!r}: expected one of {', '.join(COMPOSITES)}")
+        if composite not in lrp.COMPOSITES:
+            raise ValueError(f"LRP composite {composite!r}: expected one of {', '.join(lrp.COMPOSITES)}")
     try:
         localisation.check_metric_names(config.explain.metrics)
     except ValueError as e:
@@ -77,7 +79,7 @@ def prepare_workdir(workdir: str, config) -> None:
         os.remove(probe)
     except OSError as e:
         raise PermissionError(f"--workdir={workdir} is not a writable directory ({e.strerror})") from None
-    path = _record_path(workdir)
+    path = rundir.RunDir(workdir).config
     saved = files.read_json(path)
     if saved is None or not protocol.holds_trained_state(workdir):
         return
@@ -102,7 +104,7 @@ def run_record(workdir: str, config, roles: dict) -> dict:
     holds trained state and its config.json has fingerprints).
     """
     record = {**run_settings(config), "fingerprints": {role: fingerprint.fingerprint(r) for role, r in roles.items()}}
-    path = _record_path(workdir)
+    path = rundir.RunDir(workdir).config
     saved = files.read_json(path)
     if saved is None or "fingerprints" not in saved or not protocol.holds_trained_state(workdir):
         return record
@@ -118,7 +120,7 @@ def keep_run_record(workdir: str, record: dict) -> None:
     """Write `record` to `workdir/config.json` (process 0) unless it is there already; call it once the run holds
     trained state of these settings and data, or is about to. A config.json without fingerprints (an older aujax)
     gets them, with an INFO line."""
-    path = _record_path(workdir)
+    path = rundir.RunDir(workdir).config
     saved = files.read_json(path)
     if saved == record:
         return
@@ -129,19 +131,15 @@ def keep_run_record(workdir: str, record: dict) -> None:
         files.write_json(path, record)
 
 
-def _record_path(workdir: str) -> str:
-    return os.path.join(workdir, "config.json")
-
-
 def adopt_run_settings(workdir: str, config) -> None:
     """Modes that read a trained run take its settings from `workdir/config.json`, whatever the flags say."""
-    saved = files.read_json(_record_path(workdir))
+    saved = files.read_json(rundir.RunDir(workdir).config)
     if saved is None:
         return
     with config.unlocked():
         for key in (k for k in _RUN_IDENTITY if k in saved):
             config[key] = ml_collections.ConfigDict(saved[key]) if isinstance(saved[key], dict) else saved[key]
-    logging.info("using the settings of the trained run in %s", _record_path(workdir))
+    logging.info("using the settings of the trained run in %s", rundir.RunDir(workdir).config)
 
 
 def run(mode: str, config, workdir: str, dataset: str | None = None, manual_dir: str | None = None,
@@ -156,9 +154,9 @@ def run(mode: str, config, workdir: str, dataset: str | None = None, manual_dir:
     if mode == "explain_image":
         if not image:
             raise ValueError("--mode=explain_image needs --image=<photo>")
-        from aujax import verify
+        from aujax import explain_image  # LRP, mediapipe and figures only where asked for
 
-        verify.explain_image(config, workdir, image, checkpoint)
+        explain_image.explain_image(config, workdir, image, checkpoint)
         return
     prepare_workdir(workdir, config)
     logging.info("%d %s device(s) on %d host(s)", jax.device_count(), jax.devices()[0].platform,
@@ -172,12 +170,28 @@ def run(mode: str, config, workdir: str, dataset: str | None = None, manual_dir:
     if mode in ("train", "evaluate", "all"):
         protocol.evaluate(config, workdir, roles, outcome)
     if mode in ("explain", "all"):
-        from aujax import verify  # LRP and figures only where asked for
-
-        verify.run_explain(config, workdir, roles, outcome.variables, outcome.results[outcome.best].name,
-                           outcome.histories)
-    print(f"\nResults in {os.path.join(os.path.abspath(workdir), 'results')} "
+        _explain(config, workdir, roles, outcome)
+    if jax.process_index() == 0:
+        print(f"\nReport: {os.path.abspath(html_report.write_report(workdir))}", flush=True)
+    print(f"\nResults in {os.path.abspath(rundir.RunDir(workdir).results)} "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
+
+
+def _explain(config, workdir: str, roles: dict, outcome: protocol.LosoOutcome) -> None:
+    """Explain the best fold's model on every role (every process), then write Table 3 and the figures (process 0)."""
+    from aujax import explain, figures  # LRP and matplotlib only where asked for
+
+    cfg = config.explain
+    canonical = lrp.canonize(outcome.variables)
+    explained = explain.explain_roles(canonical, roles, cfg, config.model.threshold)
+    if jax.process_index() != 0:
+        return
+    canonical = jax.device_get(canonical)  # the figures' few heatmaps: this process alone, on its default device
+    print(report.write_explained(rundir.RunDir(workdir).results, explained, cfg, config.protocol.min_support,
+                                 outcome.results[outcome.best].name), flush=True)
+    figure2 = explain.figure2_examples(canonical, explained.main["cv"], cfg)
+    grids = {role: explain.heatmap_grid(canonical, result.records, cfg) for role, result in explained.main.items()}
+    figures.write_explained(rundir.RunDir(workdir), explained, figure2, grids, outcome.histories)
 
 
 def parse_options(pairs: list[str] | None) -> dict:
@@ -200,4 +214,4 @@ def _preprocess(config, workdir: str, dataset: str | None, manual_dir: str | Non
     if not dataset or (not manual_dir and dataset != "synthetic_faces"):
         raise ValueError("--mode=preprocess needs --dataset and --manual_dir (and --data_dir for the output)")
     preprocess.preprocess(dataset, manual_dir, os.path.expanduser(config.data.data_dir),
-                          os.path.join(workdir, "results", "preprocess_report.csv"), **options)
+                          rundir.RunDir(workdir).result("preprocess_report.csv"), **options)

@@ -22,14 +22,15 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
+from aujax import checkpoints
 from aujax import distributed
 from aujax import files
 from aujax import metrics
 from aujax import model as model_lib
 from aujax import report
+from aujax import rundir
 from aujax import train
 from aujax.data import blendshapes, records, sources
 
@@ -69,34 +70,28 @@ class FoldResult:
     history: list
     seconds: float | None = None  # wall time of the session that finished the fold (training and prediction)
 
-    def save(self, fold_dir: str) -> None:
-        files.write_npz(os.path.join(fold_dir, "predictions.npz"), test_index=self.test_index,
-                        probabilities=self.probabilities)
-        files.write_json(os.path.join(fold_dir, "result.json"),
-                         {"subject": self.name, "history": self.history, "seconds": self.seconds})
+    def save(self, fold_dir: rundir.FoldDir) -> None:
+        files.write_npz(fold_dir.predictions, test_index=self.test_index, probabilities=self.probabilities)
+        files.write_json(fold_dir.result, {"subject": self.name, "history": self.history, "seconds": self.seconds})
 
     @staticmethod
-    def load(fold_dir: str) -> "FoldResult | None":
+    def load(fold_dir: rundir.FoldDir) -> "FoldResult | None":
         """The saved result of a finished fold, None if the fold has not finished."""
-        result = files.read_json(os.path.join(fold_dir, "result.json"))
+        result = files.read_json(fold_dir.result)
         if result is None:
             return None
-        with np.load(os.path.join(fold_dir, "predictions.npz"), allow_pickle=False) as p:
+        with np.load(fold_dir.predictions, allow_pickle=False) as p:
             return FoldResult(result["subject"], p["test_index"], p["probabilities"], result["history"],
                               result.get("seconds"))
-
-
-def fold_dir(workdir: str, fold: int) -> str:
-    return os.path.join(workdir, "checkpoints", f"fold_{fold:02d}")
 
 
 def finished_fold(workdir: str, fold: train.FoldSpec) -> FoldResult | None:
     """The saved result of `fold`, None if it has not finished; ValueError where the saved result held out other
     images than the fold holds out now (the data changed since)."""
-    directory = fold_dir(workdir, fold.fold)
+    directory = rundir.RunDir(workdir).fold(fold.fold)
     done = FoldResult.load(directory)
     if done is not None and (done.name != fold.name or not np.array_equal(done.test_index, fold.test_index)):
-        raise ValueError(f"{directory} holds the result of a fold that held out {len(done.test_index)} images of "
+        raise ValueError(f"{directory.root} holds the result of a fold that held out {len(done.test_index)} images of "
                          f"subject {done.name}; this fold holds out {len(fold.test_index)} of subject {fold.name}: "
                          "the data differ from those the run was trained on; use them or a new --workdir")
     return done
@@ -104,14 +99,7 @@ def finished_fold(workdir: str, fold: train.FoldSpec) -> FoldResult | None:
 
 def holds_trained_state(workdir: str) -> bool:
     """Whether `workdir` holds a finished fold or a checkpoint of one (an orbax step directory in `latest/`)."""
-    root = os.path.join(workdir, "checkpoints")
-    folds = [os.path.join(root, name) for name in os.listdir(root)] if os.path.isdir(root) else []
-    return any(os.path.isfile(os.path.join(f, "result.json")) or _holds_step(os.path.join(f, "latest")) for f in folds)
-
-
-def _holds_step(checkpoint_dir: str) -> bool:
-    """Whether the orbax directory `checkpoint_dir` holds a finished step (a directory named by its number)."""
-    return os.path.isdir(checkpoint_dir) and any(name.isdigit() for name in os.listdir(checkpoint_dir))
+    return any(os.path.isfile(f.result) or checkpoints.holds_step(f.latest) for f in rundir.RunDir(workdir).folds())
 
 
 def load_roles(config) -> dict[str, records.FaceRecords]:
@@ -135,17 +123,18 @@ def run_training(config, workdir: str, roles: dict, on_start: Callable[[], None]
     finished = [finished_fold(workdir, fold) for fold in folds]
     check_batches([fold for fold, done in zip(folds, finished) if done is None], config.train.batch_size)
     on_start()
-    trainer = train.Trainer(model_lib.create_model(config.model.widths), train_config(config), train.make_mesh())
+    trainer = train.Trainer(model_lib.create_model(config.model.widths), train_config(config),
+                            distributed.make_mesh())
     data = train.put_on_devices(resident, trainer.mesh)
     stop = train.StopRequested().install()
     results = []
     for fold, done in zip(folds, finished):
-        directory = fold_dir(workdir, fold.fold)
+        directory = rundir.RunDir(workdir).fold(fold.fold)
         if done is None:
             logging.info("fold %d/%d: holding out subject %s (%d train, %d test images)", fold.fold + 1,
                          len(folds), fold.name, len(fold.train_index), len(fold.test_index))
             started = time.perf_counter()
-            variables, history = train.fit_fold(trainer, fold, data, resident.labels, directory, stop)
+            variables, history = train.fit_fold(trainer, fold, data, resident.labels, directory.root, stop)
             probabilities = trainer.predict(variables, data, fold.test_index)
             done = FoldResult(fold.name, fold.test_index, probabilities, history, time.perf_counter() - started)
             logging.info("fold %d/%d (%s) done in %.1f s", fold.fold + 1, len(folds), fold.name, done.seconds)
@@ -182,45 +171,7 @@ def best_fold(per_fold: list[dict]) -> int:
 
 def restore_fold_variables(trainer: train.Trainer, workdir: str, fold: int) -> dict:
     """The final (latest) parameters and batch statistics of a finished fold."""
-    return restore_variables(trainer, os.path.join(fold_dir(workdir, fold), "latest"))
-
-
-def restore_variables(trainer: train.Trainer, directory: str) -> dict:
-    """{'params', 'batch_stats'} of the newest checkpoint in `directory` (an orbax CheckpointManager directory)."""
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{directory}: no checkpoint directory; train first (--mode=train or --mode=all)")
-    template = train.abstract_like(train.init_state(trainer.model, trainer.optimizer, jax.random.key(0),
-                                                    trainer.mesh))
-    options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0)
-    manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
-    if manager.latest_step() is not None:
-        _check_parameter_shapes(os.path.join(os.path.abspath(directory), str(manager.latest_step()), "default"),
-                                template["params"])
-    try:
-        state = train.restore_latest(manager, template)
-    finally:
-        manager.close()  # else orbax's background threads print tracebacks when the process exits on an error
-    if state is None:
-        raise FileNotFoundError(f"{directory}: no checkpoint to restore; train first (--mode=train or --mode=all)")
-    return {"params": state["params"], "batch_stats": state["batch_stats"]}
-
-
-def _shapes(tree) -> dict:
-    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def _check_parameter_shapes(step_dir: str, params_template) -> None:
-    """ValueError naming the first parameter whose stored shape differs from the model's, before any restore starts
-    (a failed restore leaves orbax's background reads behind, which print tracebacks at exit)."""
-    try:
-        stored = _shapes(ocp.StandardCheckpointer().metadata(step_dir).item_metadata["params"])
-    except Exception:  # damaged metadata: restore_latest reports it (and falls back)
-        return
-    wanted = _shapes(params_template)
-    for name, shape in wanted.items():
-        if stored.get(name) != shape:
-            raise ValueError(f"{step_dir}: this checkpoint holds a model of other settings: parameter {name} has shape "
-                             f"{stored.get(name)} there, {shape} in the model asked for (check --width)")
+    return checkpoints.restore_variables(trainer.model, rundir.RunDir(workdir).fold(fold).latest, trainer.mesh)
 
 
 @dataclasses.dataclass
@@ -251,7 +202,8 @@ def loso_outcome(config, workdir: str, roles: dict) -> LosoOutcome:
     pooled, fold_mean, per_fold = loso_scores(results, resident.labels, config.model.threshold,
                                               config.protocol.min_support)
     best = best_fold(per_fold)
-    trainer = train.Trainer(model_lib.create_model(config.model.widths), train_config(config), train.make_mesh())
+    trainer = train.Trainer(model_lib.create_model(config.model.widths), train_config(config),
+                            distributed.make_mesh())
     return LosoOutcome(resident, results, pooled, fold_mean, per_fold, best, trainer,
                        restore_fold_variables(trainer, workdir, best))
 
@@ -279,7 +231,7 @@ def evaluate(config, workdir: str, roles: dict, outcome: LosoOutcome) -> dict:
                                          min_support)
     pooled, fold_mean = outcome.pooled, outcome.fold_mean
 
-    results_dir = os.path.join(workdir, "results")
+    results_dir = rundir.RunDir(workdir).results
     summary = {"best_fold": best, "best_fold_subject": results[best].name,
                "held_out_mean_f1_per_fold": {r.name: metrics.mean_f1(s) for r, s in zip(results, per_fold)},
                "loso_pooled_mean_f1": metrics.mean_f1(pooled), "cross_mean_f1": metrics.mean_f1(cross_scores)}
@@ -297,6 +249,6 @@ def evaluate(config, workdir: str, roles: dict, outcome: LosoOutcome) -> dict:
             f"(model of the best fold, subject {results[best].name})",
             [{"method": "ResNet-18", "scores": cross_scores},
              *baseline_rows(roles["cross"], min_support, "Table 2")], keys)
-        files.write_json(os.path.join(results_dir, "summary.json"), summary)
+        files.write_json(rundir.RunDir(workdir).summary, summary)
         print(table1, table2, sep="\n\n", flush=True)
     return summary

@@ -1,11 +1,14 @@
-"""Report stage: per-AU tables as CSV, JSON and printed text with the AUs as columns, like the paper's tables."""
+"""Report stage: per-AU tables as CSV, JSON and printed text with the AUs as columns, like the paper's tables; the
+explain stage's tables (Table 3, its other metrics, μ beside F1, per-subject μ) from its results (`write_explained`).
+"""
 
 import csv
 import os
 
-from aujax import facs, files
+from aujax import facs, files, localisation, metrics
 
 AU_COLUMNS = tuple(f"AU{a}" for a in facs.AU_IDS)
+OTHER_METRICS = ("mass_accuracy", "rank_accuracy", "pointing_game", "top_k_intersection", "roc_auc")
 
 
 def _cell(value) -> str:
@@ -59,3 +62,66 @@ def format_table(title: str, flat: list[dict]) -> str:
     notes = sorted({r["notes"] for r in flat if r["notes"]})
     lines += [f"  n/a: {n}" for n in notes]
     return "\n".join(lines)
+
+
+def write_explained(results_dir: str, explained, cfg, min_support: int, best_subject: str) -> str:
+    """Table 3, the other localisation metrics (those in `cfg.metrics`), μ beside F1 and `mu_per_subject.csv` of an
+    `explain.Explained` under `results_dir`; returns Tables 3 and μ-F1 as printable text."""
+    main, roles = explained.main, explained.roles
+    table3 = write_table(
+        results_dir, "table3_mu", f"Table 3: μ (share of positive relevance inside the AU's region) and n "
+        f"(correctly predicted AUs), model of the best fold ({best_subject})",
+        [{"method": f"{explained.results[c, r].records.name} {c}",
+          "scores": _scores_row(explained.results[c, r].summaries, ("mu", "n"))}
+         for c in explained.composites for r in roles], ("mu", "n"))
+    others = tuple(name for name in ("mu_weighted",) + OTHER_METRICS if name in cfg.metrics)
+    if others:
+        write_table(
+            results_dir, "table3_all_metrics", f"Localisation metrics of the {cfg.composite} heatmaps (correctly "
+            "predicted AUs)",
+            [{"method": main[r].records.name, "scores": _scores_row(main[r].summaries, others)} for r in roles],
+            others + ("n_excluded",))
+    mu_f1 = write_table(
+        results_dir, "table_mu_f1", f"μ beside F1 ({cfg.composite}, model of the best fold)",
+        [row for r in roles for row in _mu_f1_rows(main[r], min_support)], ("value",))
+    _write_per_subject(os.path.join(results_dir, "mu_per_subject.csv"), main)
+    return f"{table3}\n\n{mu_f1}"
+
+
+def _scores_row(summaries: dict, keys: tuple[str, ...]) -> dict:
+    """{'AU4': {key: value, 'reason': ...}, ...} for `write_table` from {metric: tuple of AUSummary}."""
+    row = {}
+    for j, au in enumerate(facs.AU_IDS):
+        mu = summaries["mu"][j]
+        entry = {"n": mu.n, "n_excluded": mu.n_excluded, "reason": mu.reason or ""}
+        for key in keys:
+            if key not in ("n", "n_excluded"):
+                entry[key] = summaries[key][j].mean
+        row[f"AU{au}"] = entry
+    return row
+
+
+def _mu_f1_rows(result, min_support: int) -> list[dict]:
+    """The F1 row and the μ row of one role's `explain.RoleResult`."""
+    f1 = metrics.per_au_scores(result.records.labels, result.predictions, min_support)
+    mu = _scores_row(result.summaries, ("mu",))
+    name = result.records.name
+    return [{"method": f"{name} F1", "scores": {au: {"value": s["f1"], "reason": s["reason"]} for au, s in f1.items()}},
+            {"method": f"{name} μ", "scores": {au: {"value": s["mu"], "reason": s["reason"]} for au, s in mu.items()}}]
+
+
+def _write_per_subject(path: str, results: dict) -> None:
+    """μ, n and n_excluded per dataset, subject and AU of {role: `explain.RoleResult`} as a CSV."""
+    rows = []
+    for result in results.values():
+        per_subject = localisation.summarise_per_subject(result.scores.values["mu"], result.selected,
+                                                         result.scores.defined["mu"], result.records.subject)
+        for subject, summaries in per_subject.items():
+            for s in summaries:
+                rows.append({"dataset": result.records.name, "subject": subject, "au": f"AU{s.au}",
+                             "mu": "" if s.mean is None else f"{s.mean:.4f}", "n": s.n, "n_excluded": s.n_excluded})
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["dataset", "subject", "au", "mu", "n", "n_excluded"])
+        writer.writeheader()
+        writer.writerows(rows)

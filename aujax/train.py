@@ -1,19 +1,19 @@
 """Training stage: weighted binary cross-entropy, SGD with momentum, a jitted data-parallel train step over a
-device-resident dataset, orbax checkpoints with exact resume.
+device-resident dataset, exact resume from the checkpoints of `aujax.checkpoints`.
 
 The training state is a plain dict `{'params', 'batch_stats', 'opt_state', 'step', 'epoch_loss_sum'}` (a pytree; the
 loss sum of the epoch so far is part of it so that a resumed epoch reports the same loss), replicated over a
-one-axis mesh `('data',)` of all devices of all hosts. Images stay on the devices as uint8, split into equal blocks of
-rows, one per device, and each process reads only the rows of its own devices (`put_on_devices`). A step receives
-only the global batch's indices; every device takes the batch images that lie in its block and a reduce-scatter
-over 'data' hands each device its part of the batch (`gather_batch`), converted to float32 in [0, 1]. Under
+one-axis mesh `('data',)` of all devices of all hosts (`distributed.make_mesh`). Images stay on the devices as uint8,
+split into equal blocks of rows, one per device, and each process reads only the rows of its own devices
+(`put_on_devices`). A step receives only the global batch's indices; every device takes the batch images that lie in
+its block and a reduce-scatter over 'data' hands each device its part of the batch (`gather_batch`), converted to
+float32 in [0, 1]. Under
 `jax.jit` the batch-norm statistics are means over the whole global batch, so they are the same on every device.
 
 The data order of epoch e of fold f is a permutation drawn from `(seed, fold, e)`, so a run that is stopped and resumed
 from a checkpoint takes exactly the steps an uninterrupted run takes. SIGTERM, and Ctrl-C while a fold trains, stop
-training after a checkpoint (`StopRequested`). A checkpoint the filesystem has no room for is refused before orbax
-writes anything, and a full disk met while writing is `files.DiskFullError` too: the run resumes from the last
-complete checkpoint once there is space.
+training after a checkpoint (`StopRequested`). A full disk is `files.DiskFullError` (`checkpoints.FoldCheckpoints`):
+the run resumes from the last complete checkpoint once there is space.
 """
 
 import contextlib
@@ -28,15 +28,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from aujax import checkpoints
+from aujax import distributed
+from aujax import events
 from aujax import files
 from aujax import metrics
 from aujax import model as model_lib
+from aujax import rundir
 from aujax.data.records import FaceRecords, padded_batches
+from aujax.progress import Progress
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,11 +71,6 @@ def make_optimizer(learning_rate: float, momentum: float) -> optax.GradientTrans
     return optax.sgd(learning_rate, momentum=momentum)
 
 
-def make_mesh() -> Mesh:
-    """A one-axis mesh over every device of every host."""
-    return Mesh(np.asarray(jax.devices()), ("data",))
-
-
 @dataclasses.dataclass(frozen=True)
 class DeviceData:
     """A dataset held on the devices.
@@ -90,35 +89,10 @@ def put_on_devices(records: FaceRecords, mesh: Mesh) -> DeviceData:
     num_images = len(records)
     rows_per_device = max(1, -(-num_images // mesh.size))
     index = np.arange(rows_per_device * mesh.size)
-    images, held = put_rows(records.image, np.where(index < num_images, index, -1), mesh)
+    images, held = distributed.put_rows(records.image, np.where(index < num_images, index, -1), mesh)
     logging.info("%s: process %d holds %d of %d images on %d of %d devices (%d per device)", records.name,
                  jax.process_index(), held, num_images, len(mesh.local_devices), mesh.size, rows_per_device)
     return DeviceData(images, jax.device_put(records.labels, NamedSharding(mesh, P())))
-
-
-def put_rows(source, index: np.ndarray, mesh: Mesh) -> tuple[jax.Array, int]:
-    """`source[index]` as one array split by rows over 'data', and how many distinct rows this process read.
-
-    Args:
-      source: rows to take from, indexable by an integer array: a numpy array, a memory map, `records.LazyImages`.
-      index: (n,) int, n a multiple of the devices; -1 gives a row of zeros.
-
-    Each process reads, in one call, only the rows that its own devices hold.
-    """
-    shape = (len(index),) + tuple(source.shape[1:])
-    sharding = NamedSharding(mesh, P("data"))
-    local = np.concatenate([index[i[0]] for i in sharding.addressable_devices_indices_map(shape).values()])
-    rows = np.unique(local[local >= 0])
-    held = source[rows]
-
-    def block(device_index) -> np.ndarray:
-        wanted = index[device_index[0]]
-        out = np.zeros((len(wanted),) + shape[1:], held.dtype)
-        real = wanted >= 0
-        out[real] = held[np.searchsorted(rows, wanted[real])]
-        return out
-
-    return jax.make_array_from_callback(shape, sharding, block), len(rows)
 
 
 def init_state(model, optimizer, rng: jax.Array, mesh: Mesh) -> dict:
@@ -259,38 +233,6 @@ class TrainingStopped(RuntimeError):
     """Raised after the checkpoint written on SIGTERM or Ctrl-C; the run resumes from it when started again."""
 
 
-def _checkpoint_manager(directory: str, max_to_keep: int, best: bool) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True,
-        best_fn=(lambda m: m["mean_f1"]) if best else None, best_mode="max",
-        keep_checkpoints_without_metrics=not best)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
-
-
-def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> dict | None:
-    """The newest checkpoint that restores; a corrupt one is skipped with a warning (older ones are tried).
-
-    None where the directory holds no checkpoint; ValueError where it holds some but none fits `abstract_state`
-    (damaged, or written by a model of other settings).
-    """
-    error = None
-    for step in sorted(manager.all_steps(), reverse=True):
-        try:
-            return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-        except Exception as e:  # orbax raises many kinds for a damaged or mismatched checkpoint
-            error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            logging.warning("checkpoint %s/%d cannot be restored (%s); falling back to an older one",
-                            manager.directory, step, error)
-    if error is not None:
-        raise ValueError(f"no checkpoint in {manager.directory} could be restored; damaged, or written by a model "
-                         f"of other settings (such as --width)? Last error: {error}")
-    return None
-
-
-def abstract_like(state) -> dict:
-    return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-
-
 @dataclasses.dataclass
 class FoldSpec:
     """One fold: which images of the resident dataset it trains and tests on."""
@@ -312,6 +254,7 @@ class TrainConfig:
     checkpoint_every_steps: int  # 0: at the end of every epoch only
     threshold: float
     min_support: int
+    log_every_steps: int = 10  # TensorBoard: the training loss of every this many steps; 0: none
 
 
 class Trainer:
@@ -338,30 +281,30 @@ def fit_fold(trainer: Trainer, fold: FoldSpec, data: DeviceData, labels: np.ndar
     Returns:
       (variables of the last epoch {'params', 'batch_stats'}, history: one dict per epoch, kept across resumes in
       `checkpoint_dir/history.json`).
+
+    As it trains it shows its progress with rate and ETA (`aujax.progress`) and writes TensorBoard scalars to
+    `<workdir>/tensorboard/fold_XX` (`aujax.events`).
     """
     cfg, mesh = trainer.cfg, trainer.mesh
     pos_weight = jax.device_put(positive_weights(labels[fold.train_index], cfg.pos_weight_max),
                                 NamedSharding(mesh, P()))
     state = init_state(trainer.model, trainer.optimizer, jax.random.fold_in(jax.random.key(cfg.seed), fold.fold), mesh)
-    latest = _checkpoint_manager(os.path.join(checkpoint_dir, "latest"), max_to_keep=2, best=False)
-    best = _checkpoint_manager(os.path.join(checkpoint_dir, "best"), max_to_keep=1, best=True)
-    restored = restore_latest(latest, abstract_like(state))
+    fold_dir = rundir.FoldDir(checkpoint_dir)
+    saved = checkpoints.FoldCheckpoints(fold_dir)
+    restored = saved.resume(state)
     if restored is not None:
         state = restored
         logging.info("fold %s: resumed from step %d", fold.name, int(state["step"]))
-    for unrestorable in [s for s in latest.all_steps() if s > int(state["step"])]:
-        latest.delete(unrestorable)  # else orbax would not save that step again when it is trained again
-    history_path = os.path.join(checkpoint_dir, "history.json")
-    history = [h for h in files.read_json(history_path, []) if h["step"] <= int(state["step"])]
+    history = [h for h in files.read_json(fold_dir.history, []) if h["step"] <= int(state["step"])]
 
     steps_per_epoch = len(fold.train_index) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"fold {fold.name}: {len(fold.train_index)} training images, fewer than one batch of "
                          f"{cfg.batch_size}; lower --batch_size")
-    needed = _tree_bytes(state)
-    with files.disk_full_named(checkpoint_dir, needed), stop.ctrl_c_deferred(), contextlib.closing(latest), \
-            contextlib.closing(best):  # closing waits for pending saves
-        step = int(state["step"])
+    step = int(state["step"])
+    with saved.writing(state), stop.ctrl_c_deferred(), \
+            events.FoldEvents(fold_dir.tensorboard, step, cfg.log_every_steps) as tensorboard, \
+            Progress((cfg.epochs * steps_per_epoch - step) * cfg.batch_size, f"fold {fold.name}") as progress:
         while step < cfg.epochs * steps_per_epoch:
             epoch, offset = divmod(step, steps_per_epoch)
             batches = epoch_order(fold.train_index, cfg.seed, fold.fold, epoch, cfg.batch_size)
@@ -370,13 +313,14 @@ def fit_fold(trainer: Trainer, fold: FoldSpec, data: DeviceData, labels: np.ndar
                 state, loss = trainer.train_step(state, data.images, data.labels, pos_weight, put_index(batch, mesh))
                 losses.append(loss)
                 step += 1
+                tensorboard.step_loss(step, loss)
+                progress.advance(cfg.batch_size)
                 stop.after_step(step)
                 periodic = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
                 if step % steps_per_epoch and (stop.requested or periodic):  # epoch ends are saved below
                     _check_finite(losses, fold, epoch, step - len(losses))
-                    _check_room(latest, needed)
-                    latest.save(step, args=ocp.args.StandardSave(state))
-                    _stop_if_requested(stop, latest, fold, step)
+                    saved.save(step, state)
+                    _stop_if_requested(stop, saved, fold, step)
             _check_finite(losses, fold, epoch, step - len(losses))
             epoch_loss = float(state["epoch_loss_sum"]) / steps_per_epoch
             state["epoch_loss_sum"] = jax.device_put(jnp.zeros((), jnp.float32), NamedSharding(mesh, P()))
@@ -390,34 +334,15 @@ def fit_fold(trainer: Trainer, fold: FoldSpec, data: DeviceData, labels: np.ndar
             record = {"epoch": epoch + 1, "step": step, "loss": epoch_loss, "held_out_mean_f1": held_out_f1,
                       "images_per_second": len(losses) * cfg.batch_size / seconds}
             history.append(record)
+            tensorboard.epoch(record)
             logging.info("fold %s  epoch %d/%d  loss %.4f  held-out mean F1 %s  %.0f images/s", fold.name,
                          epoch + 1, cfg.epochs, epoch_loss, "n/a" if held_out_f1 is None else f"{held_out_f1:.3f}",
                          record["images_per_second"])
             if jax.process_index() == 0:  # before the checkpoint: a resume drops records newer than its step
-                files.write_json(history_path, history)
-            _check_room(latest, needed * (2 if improved else 1))  # latest/, and best/ where improved
-            latest.save(step, args=ocp.args.StandardSave(state))
-            if improved:  # an epoch that is not better would be deleted by the manager at once
-                best.save(step, args=ocp.args.StandardSave(state), metrics={"mean_f1": _best_score(held_out_f1)})
-            _stop_if_requested(stop, latest, fold, step)
+                files.write_json(fold_dir.history, history)
+            saved.save(step, state, best_score=_best_score(held_out_f1) if improved else None)
+            _stop_if_requested(stop, saved, fold, step)
     return {"params": state["params"], "batch_stats": state["batch_stats"]}, history
-
-
-def _tree_bytes(tree) -> int:
-    """The bytes of the arrays of `tree` (global arrays: all their shards)."""
-    return sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(tree))
-
-
-def _check_room(manager: ocp.CheckpointManager, needed: int) -> None:
-    """DiskFullError before a checkpoint of `needed` bytes is written where the filesystem of `manager` has less free:
-    a save that runs out of space fails in orbax's writer threads, which print their tracebacks. Every process takes
-    the same branch, as a save needs them all."""
-    directory = str(manager.directory)
-    room = files.free_bytes(directory) >= needed
-    if jax.process_count() > 1:
-        room = bool(np.all(multihost_utils.process_allgather(np.asarray(room))))
-    if not room:
-        raise files.DiskFullError(files.disk_full_message(directory, needed))
 
 
 def _best_score(held_out_f1: float | None) -> float:
@@ -425,9 +350,9 @@ def _best_score(held_out_f1: float | None) -> float:
     return -1.0 if held_out_f1 is None else held_out_f1
 
 
-def _stop_if_requested(stop: StopRequested, latest: ocp.CheckpointManager, fold: FoldSpec, step: int) -> None:
+def _stop_if_requested(stop: StopRequested, saved: checkpoints.FoldCheckpoints, fold: FoldSpec, step: int) -> None:
     if stop.requested:
-        latest.wait_until_finished()
+        saved.wait()
         raise TrainingStopped(f"stopped by request in fold {fold.name} at step {step}, after saving a checkpoint; "
                               "run the same command again to resume")
 

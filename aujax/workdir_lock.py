@@ -21,8 +21,7 @@ import time
 
 from absl import logging
 
-LOCK_NAME = ".lock"
-
+from aujax import rundir
 
 class WorkdirInUseError(RuntimeError):
     """Another process holds the workdir's lock."""
@@ -31,7 +30,7 @@ class WorkdirInUseError(RuntimeError):
 @contextlib.contextmanager
 def held(workdir: str):
     """Hold the lock of `workdir` (created if missing) within; WorkdirInUseError where another process holds it."""
-    path = os.path.join(workdir, LOCK_NAME)
+    path = rundir.RunDir(workdir).lock
     try:
         os.makedirs(workdir, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

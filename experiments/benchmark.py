@@ -118,8 +118,8 @@ def part_train_jax(args) -> dict:
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
+    from aujax import distributed, train
     from aujax import model as model_lib
-    from aujax import train
     from aujax.data.records import FaceRecords
 
     rng = np.random.default_rng(0)
@@ -131,7 +131,7 @@ def part_train_jax(args) -> dict:
                           source=np.full(n, "random"), name="random")
     cfg = train.TrainConfig(epochs=1, batch_size=args.batch_size, learning_rate=0.01, momentum=0.95, seed=0,
                             pos_weight_max=10.0, checkpoint_every_steps=0, threshold=0.5, min_support=1)
-    trainer = train.Trainer(model_lib.create_model(args.widths), cfg, train.make_mesh())
+    trainer = train.Trainer(model_lib.create_model(args.widths), cfg, distributed.make_mesh())
     data = train.put_on_devices(records, trainer.mesh)
     pos_weight = jax.device_put(train.positive_weights(records.labels, cfg.pos_weight_max),
                                 NamedSharding(trainer.mesh, P()))
@@ -325,7 +325,7 @@ def part_lrp_zennit(args) -> dict:
 def part_mu(args) -> dict:
     import jax
     import jax.numpy as jnp
-    from aujax import localisation, lrp, regions, verify
+    from aujax import explain, localisation, lrp, regions
     from aujax import model as model_lib
     from aujax.data import synthetic
 
@@ -341,8 +341,8 @@ def part_mu(args) -> dict:
     variables = model_lib.init_variables(model_lib.create_model(args.widths), jax.random.key(0))
     canonical = lrp.canonize(variables)
     explain_fn = jax.jit(lambda c, u8: lrp.make_explain_fn("paper")(c, u8.astype(jnp.float32) / 255.0))
-    fused_fn = verify.explain_and_score_fn("paper", lrp.DEFAULT_EPSILON)
-    fused_mu_fn = verify.explain_and_score_fn("paper", lrp.DEFAULT_EPSILON, ("mu",))
+    fused_fn = explain.explain_and_score_fn("paper", lrp.DEFAULT_EPSILON)
+    fused_mu_fn = explain.explain_and_score_fn("paper", lrp.DEFAULT_EPSILON, ("mu",))
 
     def timed(fn, *fn_args):
         def run_batches(_):

@@ -21,10 +21,11 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=64, help="held-out images of the best fold to explain")
     args = parser.parse_args(argv)
 
-    from aujax import lrp, pipeline, protocol
+    from aujax import lrp, pipeline, protocol, rundir
     from aujax.configs import default
 
-    if not os.path.exists(os.path.join(args.workdir, "config.json")):
+    run = rundir.RunDir(args.workdir)
+    if not os.path.exists(run.config):
         parser.error(f"--workdir={args.workdir}: no config.json there; train first (python -m aujax.main "
                      f"--workdir={args.workdir})")
     config = default.get_config()
@@ -39,11 +40,10 @@ def main(argv=None) -> None:
     heading = (f"Relevance budget of the `{args.composite}` composite: {len(index)} held-out images of subject "
                f"{held_out.name} (best fold), shares of the summed |logit| over the 8 AUs")
     table = heading + "\n\n" + lrp.budget_table(budget) + "\n"
-    results = os.path.join(args.workdir, "results")
-    os.makedirs(results, exist_ok=True)
-    with open(os.path.join(results, f"relevance_budget_{args.composite}.md"), "w") as f:
+    os.makedirs(run.results, exist_ok=True)
+    with open(run.result(f"relevance_budget_{args.composite}.md"), "w") as f:
         f.write(table)
-    with open(os.path.join(results, f"relevance_budget_{args.composite}.json"), "w") as f:
+    with open(run.result(f"relevance_budget_{args.composite}.json"), "w") as f:
         json.dump({"composite": args.composite, "subject": held_out.name, "images": len(index), "shares": shares},
                   f, indent=2)
     print(table)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from ml_collections import config_dict
 
-from aujax import facs, metrics, protocol, train
+from aujax import distributed, facs, metrics, protocol
 from aujax.data import blendshapes, records
 from tests.support import patch_records
 
@@ -114,7 +114,7 @@ class _RandomNetwork:
     probabilities, no compilation."""
 
     def __init__(self):
-        self.mesh = train.make_mesh()
+        self.mesh = distributed.make_mesh()
 
     def predict(self, variables, data, index: np.ndarray) -> np.ndarray:
         return np.random.default_rng(len(index)).random((len(index), facs.NUM_AUS))

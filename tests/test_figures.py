@@ -6,7 +6,7 @@ import pytest
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from aujax import facs, figures, files, regions
+from aujax import facs, figures, files, regions, rundir
 from aujax.data import synthetic
 from aujax.lrp import heatmaps as lrp_heatmaps
 
@@ -68,7 +68,7 @@ def test_figure1_draws_each_aus_region_from_regions_and_numbers_the_landmarks(fa
     gaps = np.array([ids[i] for i in range(facs.NUM_LANDMARKS)]) - landmarks
     assert np.all(np.abs(gaps) < 1.0), "each id is written next to its own landmark"
 
-    path = figures.figure1_regions(image, landmarks, tmp_path / "figures" / figures.FIGURE1_FILE)
+    path = figures.figure1_regions(image, landmarks, tmp_path / "figures" / rundir.FIGURE1)
     width, height = _check_png(path, 1800, 700)
     assert width > 2 * height
 
@@ -94,7 +94,7 @@ def test_figure2_sorts_by_mu_and_shows_lrp_heatmaps_over_the_faces_with_the_regi
     assert "AU25 lips part" in figure.get_suptitle()
 
     path = figures.figure2_panel(au, faces.image, relevance, faces.landmarks, mu,
-                                 tmp_path / figures.figure2_file(au))
+                                 tmp_path / rundir.figure2(au))
     assert path.name == "figure2_AU25.png"
     _check_png(path, 600, 400)
 
@@ -126,7 +126,7 @@ def test_training_curves_plot_loss_and_f1_per_epoch_one_line_per_fold(tmp_path):
             expected = [np.nan if h[key] is None else h[key] for h in history]
             np.testing.assert_array_equal(line.get_ydata(), expected)
     assert [t.get_text() for t in f1_ax.get_legend().get_texts()] == list(histories)
-    _check_png(figures.training_curves(histories, tmp_path / figures.TRAINING_CURVES_FILE), 800, 300)
+    _check_png(figures.training_curves(histories, tmp_path / rundir.TRAINING_CURVES), 800, 300)
 
 
 def test_read_fold_histories_names_finished_folds_by_subject(tmp_path):
@@ -151,7 +151,7 @@ def test_mu_distributions_show_every_finite_value_and_its_count(tmp_path):
     points = np.sort(np.concatenate([c.get_offsets()[:, 1] for c in ax.collections]))
     np.testing.assert_allclose(points, [0.1, 0.2, 0.4, 0.5, 0.9])
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["CK+", "UNBC"]
-    _check_png(figures.mu_distributions(mu_by_dataset, tmp_path / figures.MU_DISTRIBUTIONS_FILE), 600, 300)
+    _check_png(figures.mu_distributions(mu_by_dataset, tmp_path / rundir.MU_DISTRIBUTIONS), 600, 300)
 
 
 def test_mu_by_au_keeps_the_selected_pairs_per_au():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aujax import figures, files, html_report, report
+from aujax import figures, files, html_report, report, rundir
 
 CHROMIUM = shutil.which("chromium")
 # Headless Debian chromium without a desktop session: no sandbox (root in a container), no GPU, nothing from the
@@ -70,7 +70,7 @@ def workdir(tmp_path_factory) -> Path:
     for k, name in enumerate(FIGURE_NAMES):
         _png(figures_dir / name, (30 * k, 200 - 20 * k, 90))
     figures.training_curves({"fold_00": [{"epoch": 1, "loss": 1.0, "held_out_mean_f1": 0.4}]},
-                            figures_dir / figures.TRAINING_CURVES_FILE)
+                            figures_dir / rundir.TRAINING_CURVES)
     (figures_dir / "broken.png").write_bytes(b"not a png at all")
     html_report.write_report(str(root))
     return root

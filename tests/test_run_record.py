@@ -84,6 +84,12 @@ def test_a_run_records_a_fingerprint_of_each_roles_data(trained):
     assert saved["cv"]["count"] == 8 and saved["cv"]["name"] == "patches"
 
 
+@pytest.mark.slow  # `trained`: a tiny run trains
+def test_train_mode_leaves_a_report_of_what_the_workdir_holds(trained):
+    report = (trained.workdir / "report.html").read_text()
+    assert "Table 1" in report and "No figures in" in report
+
+
 def test_later_modes_refuse_a_cv_role_of_other_faces_and_labels_and_leave_the_tables(trained):
     table1 = (trained.workdir / "results" / "table1_f1.json").read_text()
     with replaced(trained.data["cv"], role_records("cv", seed=99)):  # same path, subjects, sources and size

@@ -7,7 +7,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from aujax import model as model_lib
-from aujax import protocol, train
+from aujax import distributed, protocol, train
 from aujax.configs import default, paper
 from tests.support import _cfg, _fold_setup, patch_records, run_python
 
@@ -110,7 +110,7 @@ def test_train_step_on_8_devices_equals_one_device_and_batches_gather_from_every
     code = """
 import jax, numpy as np
 from jax.sharding import Mesh
-from aujax import model as model_lib, train
+from aujax import distributed, model as model_lib, train
 from tests.support import CROSS_LAYOUT_REL, TINY_WIDTHS, patch_records, tree_relative_difference
 assert jax.device_count() == 8
 records = patch_records(2, 8, seed=0, prefix="A")
@@ -128,8 +128,8 @@ def two_steps(mesh, second_batch=np.arange(8, 16)):
 
 
 one_device = Mesh(np.asarray(jax.devices()[:1]), ("data",))
-eight, data = two_steps(train.make_mesh())
-sharding = train.gather_batch(data.images, train.put_index(np.arange(8), train.make_mesh()), train.make_mesh()).sharding
+eight, data = two_steps(distributed.make_mesh())
+sharding = train.gather_batch(data.images, train.put_index(np.arange(8), distributed.make_mesh()), distributed.make_mesh()).sharding
 assert len(sharding.device_set) == 8, sharding
 one, _ = two_steps(one_device)
 swapped, _ = two_steps(one_device, np.array([8, 9, 10, 0, 12, 13, 14, 15]))  # what a gather defect would do
@@ -138,13 +138,13 @@ for part in ("params", "batch_stats", "opt_state"):
     assert tree_relative_difference(one[part], swapped[part]) > 10 * CROSS_LAYOUT_REL, part  # the check can fail
 # 21 images in blocks of 3 over 8 devices (3 rows of zeros at the end); a batch drawn from every block, in any order
 odd = patch_records(3, 7, seed=1, prefix="B")
-data = train.put_on_devices(odd, train.make_mesh())
+data = train.put_on_devices(odd, distributed.make_mesh())
 assert data.images.shape == (24, 112, 112, 3)
 assert [s.data.shape[0] for s in data.images.addressable_shards] == [3] * 8
 assert not np.asarray(data.images)[21:].any()
 index = np.array([20, 0, 5, 5, 13, 2, 19, 7])
-gathered = jax.jit(train.gather_batch, static_argnums=2)(data.images, train.put_index(index, train.make_mesh()),
-                                                         train.make_mesh())
+gathered = jax.jit(train.gather_batch, static_argnums=2)(data.images, train.put_index(index, distributed.make_mesh()),
+                                                         distributed.make_mesh())
 np.testing.assert_array_equal(np.rint(np.asarray(gathered) * 255).astype(np.uint8), odd.image[index])
 print("ok")
 """
@@ -161,7 +161,7 @@ def test_training_learns_the_synthetic_aus_on_held_out_subjects(tmp_path):
     held_out = synthetic.generate(3, 40, "posed", seed=12, subject_prefix="H")
     both = records.concatenate([seen, held_out], "learn")
     cfg = _cfg(epochs=12, batch_size=32, min_support=3)
-    mesh = train.make_mesh()
+    mesh = distributed.make_mesh()
     trainer = train.Trainer(model_lib.create_model("tiny"), cfg, mesh)
     fold = train.FoldSpec(0, "H", np.arange(len(seen)), np.arange(len(seen), len(both)))
     data = train.put_on_devices(both, mesh)

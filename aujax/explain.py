@@ -1,0 +1,184 @@
+"""Explain stage: explain a model on the datasets of every role under every composite, score every heatmap with the AU
+regions (μ and the other localisation metrics), and the heatmaps of the figures' examples; results, no files
+(`report.write_explained` and `figures.write_explained` write them).
+
+For each composite (`config.explain.composite` first, the main one; then `config.explain.compare`) and each role, the
+first `config.explain.max_images` images are explained in batches split over all devices of all hosts; one jitted
+function per batch runs the forward pass, the LRP backward pass for all 8 AUs, the region masks and the metrics, so
+heatmaps never leave the device. μ counts only correctly predicted AUs (label 1 and prediction 1), as in the paper.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from aujax import distributed, facs, localisation, lrp, metrics, regions
+from aujax.data import records as records_lib
+from aujax.progress import Progress
+
+
+@functools.lru_cache(maxsize=None)
+def explain_and_score_fn(composite: str, epsilon: float, metrics: tuple[str, ...] = localisation.METRIC_NAMES,
+                         mesh: Mesh | None = None):
+    """jitted `(canonical, images uint8 (b,112,112,3), landmarks (b,68,2)) -> (probabilities (b,8), scores)`,
+    scores holding the localisation `metrics`; with `mesh`, the outputs are replicated over it (so that every process
+    can read them whatever the inputs' sharding)."""
+    explain_fn = lrp.make_explain_fn(composite, epsilon)
+
+    def explain_and_score(canonical, images, landmarks):
+        logits, relevance = explain_fn(canonical, images.astype(jnp.float32) / 255.0)
+        scores = localisation.localisation_metrics(lrp.pixel_heatmaps(relevance), regions.au_region_masks(landmarks),
+                                                   names=metrics)
+        return jax.nn.sigmoid(logits), scores
+
+    return jax.jit(explain_and_score, out_shardings=None if mesh is None else NamedSharding(mesh, P()))
+
+
+def explain_records(canonical: dict, records: records_lib.FaceRecords, composites: tuple[str, ...], epsilon: float,
+                    batch_size: int, mesh: Mesh, metrics: tuple[str, ...] = localisation.METRIC_NAMES
+                    ) -> dict[str, tuple[np.ndarray, localisation.LocalisationScores]]:
+    """{composite: (probabilities (n, 8), localisation scores ((n, 8) per metric))} of every image of `records`.
+
+    Each batch is split over the devices of `mesh` (data parallel; `batch_size` a multiple of their number); each
+    process reads only the images and landmarks of its own devices, once per batch for all `composites`. Batches come
+    from `records.padded_batches`, so one compiled function per composite serves all of them.
+    """
+    fns = {composite: explain_and_score_fn(composite, epsilon, metrics, mesh) for composite in composites}
+    probabilities, parts, read = {c: [] for c in composites}, {c: [] for c in composites}, 0
+    with Progress(len(records), f"explain {records.name}") as progress:
+        for index, valid in records_lib.padded_batches(np.arange(len(records)), batch_size):
+            (images, held), (landmarks, _) = (distributed.put_rows(column, index, mesh)
+                                              for column in (records.image, records.landmarks))
+            read += held
+            for composite, fn in fns.items():
+                prob, scores = fn(canonical, images, landmarks)
+                probabilities[composite].append(np.asarray(prob)[:valid])
+                parts[composite].append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:valid], scores))
+            progress.advance(valid)
+    logging.info("%s: process %d read %d of %d images", records.name, jax.process_index(), read, len(records))
+    return {c: (np.concatenate(probabilities[c]), localisation.concatenate_scores(parts[c], facs.NUM_AUS, metrics))
+            for c in composites}
+
+
+@dataclasses.dataclass
+class RoleResult:
+    """One role's explained subset under one composite.
+
+    records: the n explained images; probabilities: (n, 8); scores: localisation scores, (n, 8) per metric;
+    predictions: (n, 8) bool; selected: (n, 8) bool, the correctly predicted AUs (those μ counts); summaries:
+    {metric: tuple of 8 `localisation.AUSummary`} over the selected, defined pairs.
+    """
+
+    records: records_lib.FaceRecords
+    probabilities: np.ndarray
+    scores: localisation.LocalisationScores
+    predictions: np.ndarray
+    selected: np.ndarray
+    summaries: dict
+
+    @classmethod
+    def of(cls, records, probabilities, scores, threshold: float) -> "RoleResult":
+        predictions = metrics.decisions(probabilities, threshold)
+        selected = localisation.correct_positives(records.labels, predictions)
+        return cls(records, probabilities, scores, predictions, selected,
+                   localisation.summarise_scores(scores, selected))
+
+
+@dataclasses.dataclass
+class Explained:
+    """Every role under every composite: `results[composite, role]`; `composites[0]` is the main one."""
+
+    composites: tuple[str, ...]
+    roles: tuple[str, ...]
+    results: dict
+
+    @property
+    def main(self) -> dict[str, RoleResult]:
+        """{role: result under the main composite}."""
+        return {role: self.results[self.composites[0], role] for role in self.roles}
+
+
+def composites_of(cfg) -> tuple[str, ...]:
+    """The main composite, then the compared ones (without repeating it)."""
+    return (cfg.composite, *[c for c in cfg.compare if c != cfg.composite])
+
+
+def explain_roles(canonical: dict, roles: dict, cfg, threshold: float) -> Explained:
+    """Explain and score the first `cfg.max_images` images of every role under every composite of `cfg`
+    (`config.explain`) with the canonized model `canonical`, on every process."""
+    mesh = distributed.make_mesh()
+    composites = composites_of(cfg)
+    results = {}
+    for role, records in roles.items():
+        subset = records.select(np.arange(min(len(records), cfg.max_images or len(records))))
+        logging.info("explaining %s (%s role, %d images) with %s", records.name, role, len(subset),
+                     ", ".join(composites))
+        explained = explain_records(canonical, subset, composites, cfg.epsilon, cfg.batch_size, mesh,
+                                    tuple(cfg.metrics))
+        for composite, (probabilities, scores) in explained.items():
+            results[composite, role] = RoleResult.of(subset, probabilities, scores, threshold)
+    return Explained(composites, tuple(roles), results)
+
+
+def pixel_heatmaps_of(canonical, images: np.ndarray, cfg) -> np.ndarray:
+    """(8, k, 112, 112) pixel heatmaps of k uint8 images under the main composite, in padded batches of
+    `cfg.batch_size` so that one compiled function serves every call."""
+    explain_fn = lrp.make_explain_fn(cfg.composite, cfg.epsilon)
+    parts = []
+    for index, valid in records_lib.padded_batches(np.arange(len(images)), cfg.batch_size):
+        _, relevance = explain_fn(canonical, jnp.asarray(images[index], jnp.float32) / 255)
+        parts.append(np.asarray(lrp.pixel_heatmaps(relevance))[:, :valid])
+    return np.concatenate(parts, axis=1)
+
+
+@dataclasses.dataclass
+class Figure2Examples:
+    """One AU's Figure 2: `index` (k,) into the role's records, sorted by μ; heatmaps (k, 112, 112); mu (k,)."""
+
+    au: int
+    index: np.ndarray
+    heatmaps: np.ndarray
+    mu: np.ndarray
+
+
+@dataclasses.dataclass
+class HeatmapGrid:
+    """The first k images of a role: heatmaps (8, k, 112, 112), images (k, 112, 112, 3) uint8, a title each."""
+
+    heatmaps: np.ndarray
+    images: np.ndarray
+    titles: list[str]
+
+
+def figure2_examples(canonical, result: RoleResult, cfg) -> list[Figure2Examples]:
+    """Per AU: the `cfg.examples_per_panel` lowest and highest μ among correctly predicted, defined pairs (AUs
+    without such a pair are left out)."""
+    mu = result.scores.values["mu"]
+    chosen = {}
+    for j, au in enumerate(facs.AU_IDS):
+        usable = np.flatnonzero(result.selected[:, j] & result.scores.defined["mu"][:, j])
+        if not len(usable):
+            logging.info("figure 2: no correctly predicted AU%d to show", au)
+            continue
+        order = usable[np.argsort(mu[usable, j], kind="stable")]
+        picked = np.unique(np.concatenate([order[: cfg.examples_per_panel], order[-cfg.examples_per_panel:]]))
+        chosen[j] = picked[np.argsort(mu[picked, j], kind="stable")]
+    if not chosen:
+        return []
+    needed = np.unique(np.concatenate(list(chosen.values())))
+    heatmaps = pixel_heatmaps_of(canonical, result.records.image[needed], cfg)
+    return [Figure2Examples(facs.AU_IDS[j], picked, heatmaps[j, np.searchsorted(needed, picked)], mu[picked, j])
+            for j, picked in chosen.items()]
+
+
+def heatmap_grid(canonical, records: records_lib.FaceRecords, cfg) -> HeatmapGrid:
+    """The heatmaps of the first `cfg.grid_images` images, titled by subject and labelled AUs."""
+    count = min(len(records), cfg.grid_images)
+    titles = [f"{records.subject[i]} " + ",".join(str(a) for a, l in zip(facs.AU_IDS, records.labels[i]) if l)
+              for i in range(count)]
+    return HeatmapGrid(pixel_heatmaps_of(canonical, records.image[:count], cfg), records.image[:count], titles)
