@@ -195,6 +195,7 @@ def build_and_load(root: str, data_dir, **options) -> records.FaceRecords:
     return preprocess.load_records("manifest", str(data_dir), **options)
 
 
+@pytest.mark.slow  # MediaPipe builds a dataset
 def test_mediapipe_build_stores_the_blendshapes_face_cropper_gives(astronaut_tree, tmp_path):
     root, crops = astronaut_tree
     loaded = build_and_load(root, tmp_path / "data", landmarks="mediapipe")

@@ -86,6 +86,7 @@ def test_neutral_face_fires_nothing_and_shapes_are_checked():
         bs.blendshape_au_labels(batch[:, :51])
 
 
+@pytest.mark.slow  # MediaPipe on a real photo
 def test_real_smiling_face():
     """The astronaut smiles broadly with parted lips and no frown: MediaPipe scores her lips apart
     (AU25) and no brow lowering (AU4), nose wrinkling (AU9) or jaw drop (AU26/27)."""

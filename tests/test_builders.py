@@ -210,6 +210,7 @@ def bad_images(root) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow  # MediaPipe crops
 def test_actor_study_with_mediapipe_reports_bad_input_and_excludes_participant_16(tmp_path):
     root = tmp_path / "actors"
     expected = bad_images(root)

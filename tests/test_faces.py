@@ -239,6 +239,7 @@ def test_crop_files_in_this_process(astronaut):
     assert path == ASTRONAUT and result.box == astronaut.box
 
 
+@pytest.mark.slow  # two cropping processes
 def test_crop_files_in_order_over_two_processes(tmp_path, astronaut):
     shutil.copy(ASTRONAUT, tmp_path / "face.png")
     (tmp_path / "empty.png").write_bytes(b"")

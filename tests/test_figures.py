@@ -49,6 +49,7 @@ def _expected_boxes(boxes: np.ndarray) -> np.ndarray:
     return np.array(sorted(used), np.float64).reshape(-1, 4)
 
 
+@pytest.mark.slow  # > 5 s on 2 cores
 def test_figure1_draws_each_aus_region_from_regions_and_numbers_the_landmarks(faces, tmp_path):
     image, landmarks = faces.image[0], faces.landmarks[0]
     figure = figures.figure1_regions_figure(image, landmarks)

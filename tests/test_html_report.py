@@ -248,6 +248,7 @@ def _remote_image(text: str) -> str:
     return text.replace("</body>", '<img src="https://example.com/face.png" alt="remote"></body>')
 
 
+@pytest.mark.slow  # a browser
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not on PATH (tests/setup.sh installs it as root: "
                                              "apt-get install chromium); the browser test needs it")
 def test_report_renders_in_headless_chromium_with_every_image_and_no_console_messages(workdir, tmp_path):

@@ -56,6 +56,7 @@ def test_hand_made_heatmap_gives_reasoned_values():
     assert all(defined.values())
 
 
+@pytest.mark.slow  # compiles the metrics for many shapes: > 5 s on 2 cores
 def test_top_k_without_ties_and_default_k():
     assert score_one(HEATMAP, REGION, top_k=2)[0]["top_k_intersection"] == pytest.approx(1.0)  # 4 and 3
     assert score_one(HEATMAP, REGION, top_k=3)[0]["top_k_intersection"] == pytest.approx(2 / 3)  # 4, 3, 2
@@ -101,6 +102,7 @@ def test_mass_accuracy_needs_a_positive_signed_total():
     assert (values["mu"], defined["mu"]) == (pytest.approx(9 / 12), True)
 
 
+@pytest.mark.slow  # compiles the metrics for many shapes: > 5 s on 2 cores
 def test_shape_contract_and_axis_order():
     rng = np.random.default_rng(0)
     heatmaps, masks = random_pairs(rng, num_aus=facs.NUM_AUS, n=3, height=6, width=5)
@@ -116,6 +118,7 @@ def test_shape_contract_and_axis_order():
                                                               rel=float32_ratio_rtol(6 * 5))
 
 
+@pytest.mark.slow  # compiles the metrics for many shapes: > 5 s on 2 cores
 def test_jit_equals_eager():
     rng = np.random.default_rng(1)
     heatmaps, masks = random_pairs(rng, num_aus=2, n=3, height=5, width=6)
@@ -136,6 +139,7 @@ def test_bad_shapes_and_top_k_are_rejected():
         localisation.localisation_metrics(heatmaps, np.zeros((2, 8, 4, 4), bool), top_k=17)
 
 
+@pytest.mark.slow  # compiles the metrics for many shapes: > 5 s on 2 cores
 @pytest.mark.parametrize("n, chunk_size", [(7, 3), (4, 4), (2, 16), (0, 3)])
 def test_chunked_driver_equals_one_shot(n, chunk_size):
     rng = np.random.default_rng(2)
@@ -172,6 +176,7 @@ def test_summary_rejects_nan_in_used_pairs_and_bad_shapes():
         localisation.summarise_per_au(values, np.ones((1, 2), bool), np.ones((1, 2), bool))
 
 
+@pytest.mark.slow  # compiles the metrics for many shapes: > 5 s on 2 cores
 def test_selection_keeps_only_correctly_predicted_aus():
     labels = np.array([[1, 1, 0, 0], [1, 0, 1, 1]])
     predictions = np.array([[1, 0, 1, 0], [1, 1, 1, 0]])
@@ -201,6 +206,7 @@ def test_per_subject_summaries_group_rows():
         localisation.summarise_per_subject(values, selected, defined, np.array(["s1", "s2"]), au_ids=(4,))
 
 
+@pytest.mark.slow  # compiles the metrics for many shapes: > 5 s on 2 cores
 def test_a_selection_of_metrics_computes_those_alone_with_the_same_values():
     rng = np.random.default_rng(3)
     heatmaps = rng.standard_normal((8, 3, 6, 6)).astype(np.float32)
@@ -243,6 +249,7 @@ def quantus_scores(quantus, metric, heatmaps, masks):
     return np.asarray(scores, np.float64)
 
 
+@pytest.mark.slow  # a reference library (Quantus)
 def test_metrics_agree_with_quantus(quantus):
     rng = np.random.default_rng(4)
     heatmaps, masks = random_pairs(rng, num_aus=3, n=8, height=10, width=12, offset=0.3)
@@ -268,6 +275,7 @@ def test_metrics_agree_with_quantus(quantus):
     np.testing.assert_allclose(ours["mass_accuracy"][ours["mass_defined"]], mass[ours["mass_defined"]], rtol=1e-4)
 
 
+@pytest.mark.slow  # a reference library (Quantus)
 def test_weighted_mu_follows_kohlbrenner_not_quantus(quantus):
     # Quantus 0.6.0 AttributionLocalisation(weighted=True) multiplies μ by `size_bbox / x_batch[2:].size`: region
     # size over the size of the *batch minus its first two samples*, i.e. neither the image size nor the inverse
@@ -282,6 +290,7 @@ def test_weighted_mu_follows_kohlbrenner_not_quantus(quantus):
                                rtol=1e-5)
 
 
+@pytest.mark.slow  # a reference library (Quantus)
 def test_ties_agree_with_quantus_where_it_is_tie_free(quantus):
     # Integer heatmaps: many ties. Quantus' AUC (sklearn's ROC curve, trapezoids) counts ties as 1/2 like ours.
     # Rank accuracy, top-k and the pointing game are not compared here: Quantus breaks ties by np.argsort order

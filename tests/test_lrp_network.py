@@ -56,6 +56,7 @@ def test_canonical_network_computes_the_model_logits():
     assert np.abs(np.asarray(canonical["stage2_block1"]["proj_conv"]["bias"])).max() > 0.01  # folding made biases
 
 
+@pytest.mark.slow  # compiles LRP of a ResNet-18: > 5 s on 2 cores
 def test_lrp0_equals_gradient_times_input_of_the_original_network():
     """float64: all_z on the canonized network (biases included) = gradient x input of model.apply with BN."""
     with jax.enable_x64(True):
@@ -77,6 +78,7 @@ def bias_free_canonical():
     return without_biases(canonize(randomized_variables(2)))
 
 
+@pytest.mark.slow  # compiles LRP of a ResNet-18: > 5 s on 2 cores
 def test_z_rule_conserves_relevance_layer_by_layer(bias_free_canonical):
     composite = get_composite("all_z")
     trace = jax.jit(budget.trace_relevance, static_argnums=2)(bias_free_canonical, sample_images(2, seed=4),
@@ -94,6 +96,7 @@ def test_z_rule_conserves_relevance_layer_by_layer(bias_free_canonical):
     np.testing.assert_allclose(totals(trace.at_taps["stem_conv/in"]), totals(trace.relevance), rtol=1e-6)
 
 
+@pytest.mark.slow  # compiles LRP of a ResNet-18: > 5 s on 2 cores
 def test_zplus_conserves_except_the_relevance_of_units_with_zero_positive_preactivation(bias_free_canonical):
     """Make half the conv2 output channels of a block purely inhibitory: their z+ denominators are zero everywhere and
     the relevance the residual split gives them (non-zero: the branch output is negative there) is dropped."""
@@ -162,6 +165,7 @@ def with_dead_units(variables: dict) -> dict:
     return {"params": params, "batch_stats": stats}
 
 
+@pytest.mark.slow  # compiles LRP of a ResNet-18: > 5 s on 2 cores
 def test_no_nan_or_inf_for_any_composite_on_extreme_images_and_dead_units():
     variables = with_dead_units(randomized_variables(4))
     noise = sample_images(1, seed=7)[0]
@@ -182,6 +186,7 @@ def test_no_nan_or_inf_for_any_composite_on_extreme_images_and_dead_units():
         assert np.abs(np.asarray(relevance[:, 2])).max() > 0, name  # noise gets some relevance
 
 
+@pytest.mark.slow  # compiles LRP of a ResNet-18: > 5 s on 2 cores
 def test_explain_api_order_vmap_and_jit():
     """Public API: shapes, AU order = seed order (sums = logits under all_z without biases), and the vmapped
     backward equals 8 separate backward passes (jit versus eager is checked per layer function in
@@ -210,6 +215,7 @@ def test_explain_api_order_vmap_and_jit():
         np.testing.assert_allclose(relevance[au], single, rtol=1e-5, atol=1e-6 * float(np.abs(single).max()))
 
 
+@pytest.mark.slow  # compiles LRP of a ResNet-18: > 5 s on 2 cores
 def test_gradient_baselines_and_bad_arguments():
     """gradient x input = LRP-0 (proven against model.apply above), and gradient x images = gradient x input."""
     variables = randomized_variables(6)

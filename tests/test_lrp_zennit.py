@@ -27,6 +27,7 @@ from experiments.torch_reference import fold_batch_norm_torch  # noqa: E402
 from tests.support import LRP_WIDTHS, randomized_variables, sample_images  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
+pytestmark = pytest.mark.slow  # a reference library (torch and Zennit)
 
 
 class TorchResNet18(torch.nn.Module):

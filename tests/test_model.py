@@ -33,6 +33,7 @@ def test_parameter_count_of_each_preset(preset):
         assert model_lib.parameter_count(variables["params"]) == 11_180_616
 
 
+@pytest.mark.slow  # a ResNet-18 applied eagerly: > 5 s on 2 cores
 def test_output_shape_train_versus_eval_and_determinism():
     model = model_lib.create_model((4, 8, 8, 8))
     variables = model_lib.init_variables(model, jax.random.key(1))

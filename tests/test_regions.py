@@ -120,6 +120,7 @@ def test_polygons_turn_with_the_head(landmarks):
     assert overlap > 0.9, "on a near-level face, polygons are almost the boxes"
 
 
+@pytest.mark.slow  # > 5 s on 2 cores (polygon)
 @pytest.mark.parametrize("shape", regions.SHAPES)
 def test_jit_and_vmap_match_eager(landmarks, shape):
     batch = np.concatenate([landmarks, landmarks * 0.8 + 5.0, landmarks + (10.0, -4.0)])

@@ -76,6 +76,7 @@ def copy_without_fingerprints(workdir, copy):
     return copy
 
 
+@pytest.mark.slow  # `trained`: a tiny run trains
 def test_a_run_records_a_fingerprint_of_each_roles_data(trained):
     saved = read_record(trained.workdir)["fingerprints"]
     assert set(saved) == set(ROLES)
@@ -90,6 +91,7 @@ def test_train_mode_leaves_a_report_of_what_the_workdir_holds(trained):
     assert "Table 1" in report and "No figures in" in report
 
 
+@pytest.mark.slow  # `trained`: a tiny run trains
 def test_later_modes_refuse_a_cv_role_of_other_faces_and_labels_and_leave_the_tables(trained):
     table1 = (trained.workdir / "results" / "table1_f1.json").read_text()
     with replaced(trained.data["cv"], role_records("cv", seed=99)):  # same path, subjects, sources and size
@@ -103,6 +105,7 @@ def test_later_modes_refuse_a_cv_role_of_other_faces_and_labels_and_leave_the_ta
     assert (trained.workdir / "results" / "table1_f1.json").read_text() == table1
 
 
+@pytest.mark.slow  # `trained`: a tiny run trains
 def test_images_changed_in_the_sample_are_told(trained):
     cross = records.load(str(trained.data["cross"]))
     other_images = dataclasses.replace(cross, image=255 - np.asarray(cross.image))
@@ -132,6 +135,7 @@ def test_fingerprints_do_not_depend_on_how_the_records_are_held_and_read_a_sampl
     assert fingerprint.differences(prints[0], fingerprint.fingerprint(relabelled)) == ["labels"]
 
 
+@pytest.mark.slow  # `trained`: a tiny run trains
 def test_an_old_workdir_without_fingerprints_gets_them_recorded(trained, tmp_path, caplog):
     workdir = copy_without_fingerprints(trained.workdir, tmp_path / "old")
     with caplog.at_level(logging.INFO, logger="absl"):
@@ -140,6 +144,7 @@ def test_an_old_workdir_without_fingerprints_gets_them_recorded(trained, tmp_pat
     assert read_record(workdir) == read_record(trained.workdir)
 
 
+@pytest.mark.slow  # `trained`: a tiny run trains
 def test_a_finished_fold_that_held_out_other_images_is_refused(trained, tmp_path):
     """An old workdir (no fingerprints) whose cv role grew: the saved held-out predictions no longer fit."""
     workdir = copy_without_fingerprints(trained.workdir, tmp_path / "old")
@@ -174,6 +179,7 @@ def test_a_negative_seed_is_refused_before_anything_runs():
         pipeline.check_settings(config)
 
 
+@pytest.mark.slow  # `trained`: a tiny run trains
 def test_settings_of_an_attempt_that_never_trained_are_not_held_against_the_next(trained, tmp_path):
     workdir = tmp_path / "failed"
     (workdir / "checkpoints" / "fold_00" / "latest").mkdir(parents=True)  # what a first epoch that failed leaves
@@ -185,6 +191,7 @@ def test_settings_of_an_attempt_that_never_trained_are_not_held_against_the_next
         pipeline.prepare_workdir(str(workdir), tiny_config(trained.data))
 
 
+@pytest.mark.slow  # `trained`: a tiny run trains
 def test_explained_photos_of_the_same_name_keep_apart_and_a_rerun_says_it_replaces(trained, tmp_path, capsys):
     astronaut = Image.open(os.path.join(REPO, "tests", "data", "astronaut.png"))
     photos = [tmp_path / "a" / "photo.png", tmp_path / "b" / "photo.png"]

@@ -38,6 +38,7 @@ def test_a_subject_and_its_images_do_not_depend_on_how_many_are_generated():
     np.testing.assert_array_equal(few.landmarks, many.landmarks[same_images])
 
 
+@pytest.mark.slow  # worker processes
 def test_worker_processes_render_the_same_records_as_one_process():
     # 2 subjects x 150 images: two tasks of 256 images, the second partly filled
     serial = synthetic.generate(2, 150, "wild", seed=4, spurious_cue_au=4, workers=1)

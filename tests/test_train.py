@@ -80,6 +80,7 @@ class _StopAfter(train.StopRequested):
         pass
 
 
+@pytest.mark.slow  # trains
 def test_stopped_and_resumed_run_ends_equal_to_an_uninterrupted_one(tmp_path):
     cfg = _cfg()
     trainer, fold, data, labels = _fold_setup(cfg)
@@ -97,6 +98,7 @@ def test_stopped_and_resumed_run_ends_equal_to_an_uninterrupted_one(tmp_path):
     assert [h["loss"] for h in resumed_history] == [h["loss"] for h in straight_history]
 
 
+@pytest.mark.slow  # trains
 def test_non_finite_loss_names_fold_epoch_step_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = _cfg(learning_rate=1e30, checkpoint_every_steps=1)
     trainer, fold, data, labels = _fold_setup(cfg)
@@ -106,6 +108,7 @@ def test_non_finite_loss_names_fold_epoch_step_and_keeps_the_last_good_checkpoin
     assert steps, "the last good checkpoint must be kept"
 
 
+@pytest.mark.slow  # a fresh interpreter with 8 CPU devices trains
 def test_train_step_on_8_devices_equals_one_device_and_batches_gather_from_every_block():
     code = """
 import jax, numpy as np
@@ -152,6 +155,7 @@ print("ok")
     assert result.stdout.strip().endswith("ok")
 
 
+@pytest.mark.slow  # trains
 def test_training_learns_the_synthetic_aus_on_held_out_subjects(tmp_path):
     """A narrow ResNet-18 on 800 synthetic faces: held-out mean F1 clearly above the all-positive baseline."""
     from aujax import metrics
