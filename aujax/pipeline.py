@@ -168,13 +168,21 @@ def run(mode: str, config, workdir: str, dataset: str | None = None, manual_dir:
     outcome = protocol.loso_outcome(config, workdir, roles)
     keep_run_record(workdir, record)
     if mode in ("train", "evaluate", "all"):
-        protocol.evaluate(config, workdir, roles, outcome)
+        evaluate(config, workdir, roles, outcome)
     if mode in ("explain", "all"):
         _explain(config, workdir, roles, outcome)
     if jax.process_index() == 0:
         print(f"\nReport: {os.path.abspath(html_report.write_report(workdir))}", flush=True)
     print(f"\nResults in {os.path.abspath(rundir.RunDir(workdir).results)} "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
+
+
+def evaluate(config, workdir: str, roles: dict, outcome: protocol.LosoOutcome) -> dict:
+    """Tables 1 and 2 of `outcome` (`protocol.evaluate`), written and printed by process 0; returns the summary."""
+    evaluation = protocol.evaluate(config, roles, outcome)
+    if jax.process_index() == 0:
+        print(report.write_evaluation(rundir.RunDir(workdir), evaluation), flush=True)
+    return evaluation.summary
 
 
 def _explain(config, workdir: str, roles: dict, outcome: protocol.LosoOutcome) -> None:

@@ -29,7 +29,6 @@ from aujax import distributed
 from aujax import files
 from aujax import metrics
 from aujax import model as model_lib
-from aujax import report
 from aujax import rundir
 from aujax import train
 from aujax.data import blendshapes, records, sources
@@ -221,8 +220,27 @@ def baseline_rows(role_records: records.FaceRecords, min_support: int, table: st
              "scores": metrics.per_au_scores(role_records.labels, predictions, min_support)}]
 
 
-def evaluate(config, workdir: str, roles: dict, outcome: LosoOutcome) -> dict:
-    """Tables 1 and 2 of a run's `outcome`; returns a summary (also written to results/summary.json)."""
+@dataclasses.dataclass
+class Table:
+    """A per-AU table in `report.write_table` form: rows `[{"method", "scores"}]`, one line per key of `keys`."""
+
+    stem: str
+    title: str
+    rows: list[dict]
+    keys: tuple[str, ...] = ("f1", "precision", "recall", "support")
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Tables 1 and 2 of a run and its summary (results/summary.json)."""
+
+    summary: dict
+    tables: list[Table]
+
+
+def evaluate(config, roles: dict, outcome: LosoOutcome) -> Evaluation:
+    """Tables 1 and 2 of a run's `outcome`: the pooled and fold-mean held-out scores, the best fold's model on the
+    cross role, each beside the blendshape baseline where the records carry blendshapes."""
     results, per_fold, best = outcome.results, outcome.per_fold, outcome.best
     threshold, min_support = config.model.threshold, config.protocol.min_support
     cross_prob = outcome.trainer.predict(outcome.variables, train.put_on_devices(roles["cross"], outcome.trainer.mesh),
@@ -230,25 +248,17 @@ def evaluate(config, workdir: str, roles: dict, outcome: LosoOutcome) -> dict:
     cross_scores = metrics.per_au_scores(roles["cross"].labels, metrics.decisions(cross_prob, threshold),
                                          min_support)
     pooled, fold_mean = outcome.pooled, outcome.fold_mean
-
-    results_dir = rundir.RunDir(workdir).results
     summary = {"best_fold": best, "best_fold_subject": results[best].name,
                "held_out_mean_f1_per_fold": {r.name: metrics.mean_f1(s) for r, s in zip(results, per_fold)},
                "loso_pooled_mean_f1": metrics.mean_f1(pooled), "cross_mean_f1": metrics.mean_f1(cross_scores)}
-    if jax.process_index() == 0:
-        keys = ("f1", "precision", "recall", "support")
-        held_out_cv = roles["cv"].select(np.isin(roles["cv"].subject, [r.name for r in results]))
-        table1 = report.write_table(
-            results_dir, "table1_f1", f"Table 1: leave-one-subject-out F1 on {roles['cv'].name} "
-            f"({len(results)} folds, trained with {roles['train'].name})",
-            [{"method": "ResNet-18 pooled", "scores": pooled},
-             {"method": "ResNet-18 fold mean", "scores": fold_mean},
-             *baseline_rows(held_out_cv, min_support, "Table 1")], keys)
-        table2 = report.write_table(
-            results_dir, "table2_cross_f1", f"Table 2: cross-domain F1 on {roles['cross'].name} "
-            f"(model of the best fold, subject {results[best].name})",
-            [{"method": "ResNet-18", "scores": cross_scores},
-             *baseline_rows(roles["cross"], min_support, "Table 2")], keys)
-        files.write_json(rundir.RunDir(workdir).summary, summary)
-        print(table1, table2, sep="\n\n", flush=True)
-    return summary
+    held_out_cv = roles["cv"].select(np.isin(roles["cv"].subject, [r.name for r in results]))
+    table1 = Table("table1_f1", f"Table 1: leave-one-subject-out F1 on {roles['cv'].name} ({len(results)} folds, "
+                   f"trained with {roles['train'].name})",
+                   [{"method": "ResNet-18 pooled", "scores": pooled},
+                    {"method": "ResNet-18 fold mean", "scores": fold_mean},
+                    *baseline_rows(held_out_cv, min_support, "Table 1")])
+    table2 = Table("table2_cross_f1", f"Table 2: cross-domain F1 on {roles['cross'].name} (model of the best fold, "
+                   f"subject {results[best].name})",
+                   [{"method": "ResNet-18", "scores": cross_scores},
+                    *baseline_rows(roles["cross"], min_support, "Table 2")])
+    return Evaluation(summary, [table1, table2])

@@ -64,6 +64,14 @@ def format_table(title: str, flat: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_evaluation(run, evaluation) -> str:
+    """The tables of a `protocol.Evaluation` under `run.results` (a `rundir.RunDir`) and its summary.json; returns
+    the tables as printable text."""
+    printed = [write_table(run.results, t.stem, t.title, t.rows, t.keys) for t in evaluation.tables]
+    files.write_json(run.summary, evaluation.summary)
+    return "\n\n".join(printed)
+
+
 def write_explained(results_dir: str, explained, cfg, min_support: int, best_subject: str) -> str:
     """Table 3, the other localisation metrics (those in `cfg.metrics`), μ beside F1 and `mu_per_subject.csv` of an
     `explain.Explained` under `results_dir`; returns Tables 3 and μ-F1 as printable text."""

@@ -420,7 +420,7 @@ def part_protocol(args) -> dict:
         train_seconds = time.perf_counter() - started
         started = time.perf_counter()
         outcome = protocol.loso_outcome(config, workdir, roles)
-        protocol.evaluate(config, workdir, roles, outcome)
+        pipeline.evaluate(config, workdir, roles, outcome)
         evaluate_seconds = time.perf_counter() - started
     folds = len(results)
     total_folds = len(roles["cv"].subjects)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from ml_collections import config_dict
 
-from aujax import distributed, facs, metrics, protocol
+from aujax import distributed, facs, metrics, pipeline, protocol
 from aujax.data import blendshapes, records
 from tests.support import patch_records
 
@@ -141,7 +141,7 @@ def test_evaluate_puts_the_baseline_beside_the_resnet_on_the_same_images(tmp_pat
              "cv": with_blendshapes(patch_records(3, 4, seed=1, prefix="A", name="actors"), 2),
              "cross": with_blendshapes(patch_records(2, 5, seed=3, prefix="U", name="unbc"), 4)}
     outcome = _outcome(roles, max_folds=2)  # subjects A000 and A001: the pooled row scores their 8 cv images
-    protocol.evaluate(config, str(tmp_path / "run"), roles, outcome)
+    pipeline.evaluate(config, str(tmp_path / "run"), roles, outcome)
     table1, table2 = _table_rows(tmp_path / "run", "table1_f1"), _table_rows(tmp_path / "run", "table2_cross_f1")
     assert list(table1) == ["ResNet-18 pooled", "ResNet-18 fold mean", "MediaPipe blendshapes"]
     held_out = roles["cv"].select(np.isin(roles["cv"].subject, ["A000", "A001"]))
@@ -152,7 +152,7 @@ def test_evaluate_puts_the_baseline_beside_the_resnet_on_the_same_images(tmp_pat
     assert "MediaPipe blendshapes" in capsys.readouterr().out
 
     roles["cross"] = dataclasses.replace(roles["cross"], blendshapes=None)
-    protocol.evaluate(config, str(tmp_path / "plain"), roles, outcome)
+    pipeline.evaluate(config, str(tmp_path / "plain"), roles, outcome)
     assert list(_table_rows(tmp_path / "plain", "table2_cross_f1")) == ["ResNet-18"]
     printed = capsys.readouterr().out
     assert printed.count("MediaPipe blendshapes") == 4  # Table 1's f1, precision, recall and support lines only
