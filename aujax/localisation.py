@@ -43,6 +43,11 @@ except that it breaks ties by `np.argsort` order (rank, top-k) or counts any tie
 and that its `AttributionLocalisation(weighted=True)` multiplies μ by region size / size of `x_batch[2:]` instead of
 the weighting above; tests/test_localisation.py checks this.
 
+Sorting. The rank metrics share one sort per pair: relevance becomes int32 keys with the same order and ties, packed
+with the region bit into one uint32 and sorted as a single operand (a 2-operand sort, far slower, only for a batch
+with a heatmap whose keys do not fit 31 bits); the k-th largest key's run of ties is found by binary search, and
+ROC-AUC comes from the sorted positions of the region pixels plus ½ per tied (region, outside) pair.
+
 Selection. μ is reported for correctly predicted AUs only (label 1 and prediction 1, `correct_positives`).
 """
 
@@ -68,6 +73,8 @@ METRIC_NAMES = (
 )
 QUANTUS_TOP_K = 1000
 QUANTUS_IMAGE_PIXELS = 224 * 224
+RANK_METRICS = ("rank_accuracy", "pointing_game", "top_k_intersection", "roc_auc")
+_INT32_MAX = np.iinfo(np.int32).max
 
 
 class LocalisationScores(NamedTuple):
@@ -109,41 +116,80 @@ def _count(flags) -> jax.Array:
     return jnp.sum(flags, dtype=jnp.int32)
 
 
-def _expected_hits_in_top(sorted_relevance, sorted_inside, k) -> jax.Array:
-    """Expected number of region pixels among the `k` most relevant, ties at the k-th value in random order.
+def _ordered_keys(relevance) -> jax.Array:
+    """int32 keys with the order and ties of the finite float32 `relevance` (any shape): -0 and +0 are one key."""
+    bits = jax.lax.bitcast_convert_type(jnp.where(relevance == 0, 0.0, relevance), jnp.int32)
+    return jnp.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
 
-    `sorted_relevance` (P,) ascending, `sorted_inside` (P,) bool in the same order; `k` in [1, P] (may be traced).
+
+def _compressed_keys(keys) -> tuple[jax.Array, jax.Array]:
+    """`keys` (P,) int32 mapped into [0, 2³¹) with the same order and ties, and whether they fit: (P,) int32, bool.
+
+    The unused key ranges between the most negative value and zero and between zero and the smallest positive value
+    are cut out, so that a key and a membership bit share one uint32 (`_sort_by_key_then_outside`). The keys fit unless
+    the values on one side of zero span more binades than a float32 has to spare (e.g. 1e-30 to 1e30 on both sides).
     """
-    threshold = sorted_relevance[sorted_relevance.size - k]
-    above = sorted_relevance > threshold
-    tied = sorted_relevance == threshold
-    slots_left = k - _count(above)
-    return _count(above & sorted_inside) + slots_left * (_count(tied & sorted_inside) / _count(tied))
+    negative, positive = keys < 0, keys > 0
+    negative_low = jnp.min(jnp.where(negative, keys, 0))
+    negative_span = jnp.where(jnp.any(negative), jnp.max(jnp.where(negative, keys, negative_low)) - negative_low + 1, 0)
+    positive_low = jnp.min(jnp.where(positive, keys, _INT32_MAX))
+    positive_range = jnp.max(jnp.where(positive, keys, positive_low)) - positive_low  # 0 if there are none
+    compressed = jnp.where(negative, keys - negative_low,
+                           jnp.where(positive, keys - positive_low + negative_span + 1, negative_span))
+    return compressed, positive_range <= _INT32_MAX - 1 - negative_span
 
 
-def _roc_auc(sorted_relevance, sorted_inside, n_inside) -> jax.Array:
-    """Mann-Whitney AUC of relevance separating region from outside pixels; both (P,) ascending by relevance."""
-    outside_before = jnp.concatenate([
-            jnp.zeros(1, jnp.int32),
-            jnp.cumsum(~sorted_inside, dtype=jnp.int32),
-    ])  # outside_before[j]: outside pixels among the j least relevant
-    # Bounds of each pixel's run of tied values, [first_tied, after_tied), by running max / min over the run starts
-    # and ends (a binary search per pixel cost twice the sort on an H100).
-    position = jnp.arange(sorted_relevance.size)
-    starts = jnp.concatenate([jnp.ones(1, bool), sorted_relevance[1:] != sorted_relevance[:-1]])
-    ends = jnp.concatenate([starts[1:], jnp.ones(1, bool)])
-    first_tied = jax.lax.cummax(jnp.where(starts, position, 0))
-    after_tied = jax.lax.cummin(jnp.where(ends, position + 1, sorted_relevance.size), reverse=True)
-    n_outside = jnp.maximum(outside_before[-1], 1)
-    # Per region pixel: outside pixels below it count 1, tied ones 1/2, as a share of all outside pixels.
-    wins = (outside_before[first_tied] + outside_before[after_tied]) / (2 * n_outside)
-    return jnp.sum(jnp.where(sorted_inside, wins, 0.0)) / jnp.maximum(n_inside, 1)
+def _sort_by_key_then_outside(keys, inside, packed: bool) -> tuple[jax.Array, jax.Array]:
+    """`keys` (..., P) ascending and `inside` (..., P) bool in that order, region pixels first among equal keys.
+
+    packed: keys lie in [0, 2³¹) (`_compressed_keys`), so key and membership sort as one uint32, much cheaper than
+    XLA's sort of two operands, which `packed=False` uses for any int32 keys.
+    """
+    outside = (~inside).astype(jnp.uint32)
+    if packed:
+        sorted_packed = jnp.sort((keys.astype(jnp.uint32) << 1) | outside, axis=-1)
+        return (sorted_packed >> 1).astype(jnp.int32), (sorted_packed & 1) == 0
+    sorted_keys, sorted_outside = jax.lax.sort((keys, outside), num_keys=2)
+    return sorted_keys, sorted_outside == 0
 
 
-def _pair_scores(heatmap, mask, top_k: int) -> tuple[dict, dict]:
-    """All metrics for one (H, W) heatmap and (H, W) bool region: ({name: value}, {name: defined}) scalars."""
-    relevance = heatmap.reshape(-1).astype(jnp.float32)
-    inside = mask.reshape(-1).astype(bool)
+def _expected_hits_in_top(sorted_keys, inside_so_far, k) -> jax.Array:
+    """Expected number of region pixels among the `k` largest keys, ties at the k-th key in random order.
+
+    `sorted_keys` (P,) ascending; `inside_so_far` (P + 1,): region pixels among the first j sorted ones; `k` in [1, P]
+    (may be traced). The run of keys tied with the k-th largest is found by binary search.
+    """
+    threshold = sorted_keys[sorted_keys.size - k]
+    first = jnp.searchsorted(sorted_keys, threshold, side="left")
+    after = jnp.searchsorted(sorted_keys, threshold, side="right")
+    slots_left = k - (sorted_keys.size - after)
+    inside_tied = inside_so_far[after] - inside_so_far[first]
+    return inside_so_far[-1] - inside_so_far[after] + slots_left * (inside_tied / (after - first))
+
+
+def _roc_auc(sorted_keys, sorted_inside, inside_so_far) -> jax.Array:
+    """Mann-Whitney AUC of the keys separating region from outside pixels, from `_sort_by_key_then_outside` (P,) and
+    `inside_so_far` (P + 1,) as in `_expected_hits_in_top`.
+
+    With region pixels first among equal keys, p − q outside pixels lie before the q-th region pixel (0-based, at
+    position p), all strictly below it; each outside pixel is preceded by every region pixel of its run of equal keys,
+    which add ½ each.
+    """
+    n_pixels = sorted_keys.size
+    n_inside = inside_so_far[-1]
+    position = jnp.arange(n_pixels, dtype=jnp.int32)
+    below = jnp.sum(jnp.where(sorted_inside, position, 0)) - n_inside * (n_inside - 1) // 2
+    starts = jnp.concatenate([jnp.ones(1, bool), sorted_keys[1:] != sorted_keys[:-1]])
+    # Region pixels before the run of each pixel: the count at the latest run start (a running max, as it only grows).
+    before_run = jax.lax.cummax(jnp.where(starts, inside_so_far[:-1], 0))
+    tied = jnp.sum(jnp.where(sorted_inside, 0, inside_so_far[1:] - before_run))
+    pairs = jnp.maximum(n_inside * (n_pixels - n_inside), 1)
+    return (2 * below + tied) / (2 * pairs)  # exact int32 counts up to P = 46,340 pixels
+
+
+def _value_scores(relevance, inside) -> tuple[dict, jax.Array, jax.Array]:
+    """μ, μ_w and mass accuracy of one pair, `relevance` (P,) float32 and `inside` (P,) bool: (values, whether the
+    pair is scorable, whether its signed total is positive), all scalars."""
     n_pixels = relevance.size
     n_inside = _count(inside)
     positive = jnp.maximum(relevance, 0.0)
@@ -151,24 +197,47 @@ def _pair_scores(heatmap, mask, top_k: int) -> tuple[dict, dict]:
     signed_total = jnp.sum(relevance)
     scorable = (jnp.all(jnp.isfinite(relevance)) & (n_inside > 0) & (n_inside < n_pixels)
                 & (positive_total > 0))
-    sorted_relevance, sorted_inside = jax.lax.sort((relevance, inside), num_keys=1)
-    region_size = jnp.maximum(n_inside, 1)
-
     mu = jnp.sum(jnp.where(inside, positive, 0.0)) / jnp.where(positive_total > 0, positive_total, 1.0)
     values = {
             "mu": mu,
-            "mu_weighted": mu * n_pixels / region_size,
+            "mu_weighted": mu * n_pixels / jnp.maximum(n_inside, 1),
             "mass_accuracy": (jnp.sum(jnp.where(inside, relevance, 0.0))
                               / jnp.where(signed_total > 0, signed_total, 1.0)),
-            "rank_accuracy": _expected_hits_in_top(sorted_relevance, sorted_inside, region_size) / region_size,
-            "pointing_game": _expected_hits_in_top(sorted_relevance, sorted_inside, 1),
-            "top_k_intersection": _expected_hits_in_top(sorted_relevance, sorted_inside, top_k) / top_k,
-            "roc_auc": _roc_auc(sorted_relevance, sorted_inside, n_inside),
     }
-    defined = {name: scorable for name in METRIC_NAMES}
-    defined["mass_accuracy"] = scorable & (signed_total > 0)
-    values = {name: jnp.where(defined[name], value, 0.0).astype(jnp.float32) for name, value in values.items()}
-    return values, defined
+    return values, scorable, signed_total > 0
+
+
+def _rank_scores(sorted_keys, sorted_inside, top_k: int) -> dict:
+    """Rank accuracy, pointing game, top-k intersection and ROC AUC of one pair from its keys (P,) int32, ordered
+    like its relevance, and its region (P,) bool, both sorted by `_sort_by_key_then_outside`."""
+    inside_so_far = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(sorted_inside, dtype=jnp.int32)])
+    region_size = jnp.maximum(inside_so_far[-1], 1)
+    return {
+            "rank_accuracy": _expected_hits_in_top(sorted_keys, inside_so_far, region_size) / region_size,
+            "pointing_game": _expected_hits_in_top(sorted_keys, inside_so_far, 1),
+            "top_k_intersection": _expected_hits_in_top(sorted_keys, inside_so_far, top_k) / top_k,
+            "roc_auc": _roc_auc(sorted_keys, sorted_inside, inside_so_far),
+    }
+
+
+def _sorted_keys(relevance, inside) -> tuple[jax.Array, jax.Array]:
+    """Keys of finite `relevance` (..., P) and `inside` (..., P), sorted by `_sort_by_key_then_outside`.
+
+    One packed 1-operand sort per pair where every pair's keys fit (`_compressed_keys`), else the 2-operand sort of the
+    int32 keys; both give the same order and ties, so every metric is the same either way.
+    """
+    keys = _ordered_keys(relevance)
+    compressed, fits = jax.vmap(_compressed_keys)(keys.reshape(-1, keys.shape[-1]))
+
+    def packed(operands):
+        _, compressed, inside = operands
+        return _sort_by_key_then_outside(compressed, inside, packed=True)
+
+    def two_operands(operands):
+        keys, _, inside = operands
+        return _sort_by_key_then_outside(keys, inside, packed=False)
+
+    return jax.lax.cond(jnp.all(fits), packed, two_operands, (keys, compressed.reshape(keys.shape), inside))
 
 
 def _check_shapes(heatmap_shape, mask_shape) -> None:
@@ -198,8 +267,8 @@ def localisation_metrics(heatmaps, masks, top_k: int | None = None,
     heatmaps: (au, n, H, W) float pixel relevance, AUs in `facs.AU_IDS` order.
     masks: (n, au, H, W) bool AU regions.
     top_k: pixels for `top_k_intersection`, in [1, H·W]; None → `default_top_k(H, W)`.
-    names: which of `METRIC_NAMES`; the others are not computed (XLA drops them), so μ alone skips the per-pair sort
-        that the rank-based metrics need (most of their cost).
+    names: which of `METRIC_NAMES`; the others are not computed, and without any of `RANK_METRICS` the per-pair sort
+        that they share (most of their cost) is left out.
     Returns `LocalisationScores` of (n, au) arrays, NaN-free, keyed by `names`.
     """
     names = check_metric_names(names)
@@ -208,9 +277,17 @@ def localisation_metrics(heatmaps, masks, top_k: int | None = None,
     k = default_top_k(height, width) if top_k is None else top_k
     if not 1 <= k <= height * width:
         raise ValueError(f"top_k={k} must lie in [1, {height * width}] for {height}x{width} heatmaps")
-    score_aus = jax.vmap(functools.partial(_pair_scores, top_k=k))  # (au, H, W), (au, H, W)
-    values, defined = jax.vmap(score_aus, in_axes=(1, 0))(heatmaps, masks)
-    return LocalisationScores({name: values[name] for name in names}, {name: defined[name] for name in names})
+    num_aus, n = heatmaps.shape[:2]
+    relevance = heatmaps.astype(jnp.float32).transpose(1, 0, 2, 3).reshape(n, num_aus, height * width)
+    inside = masks.reshape(n, num_aus, height * width).astype(bool)
+    values, scorable, positive_signed_total = jax.vmap(jax.vmap(_value_scores))(relevance, inside)
+    if set(names) & set(RANK_METRICS):
+        finite = jnp.all(jnp.isfinite(relevance), axis=-1, keepdims=True)  # other pairs are undefined anyway
+        ranked = _sorted_keys(jnp.where(finite, relevance, 0.0), inside)
+        values |= jax.vmap(jax.vmap(functools.partial(_rank_scores, top_k=k)))(*ranked)
+    defined = {name: scorable & positive_signed_total if name == "mass_accuracy" else scorable for name in names}
+    return LocalisationScores({name: jnp.where(defined[name], values[name], 0.0).astype(jnp.float32)
+                               for name in names}, defined)
 
 
 def _pad_images(array: np.ndarray, axis: int, size: int) -> np.ndarray:

@@ -225,6 +225,68 @@ def test_a_selection_of_metrics_computes_those_alone_with_the_same_values():
         localisation.localisation_metrics(heatmaps, masks, names=("mu", "accuracy"))
 
 
+def reference_rank_scores(heatmap, region, top_k):
+    """Rank metrics of one pair by brute force in float64: the module docstring's formulas, ties as expectations."""
+    relevance, inside = heatmap.reshape(-1).astype(np.float64), region.reshape(-1)
+
+    def hits(k):
+        threshold = np.sort(relevance)[relevance.size - k]
+        above, tied = relevance > threshold, relevance == threshold
+        return (above & inside).sum() + (k - above.sum()) * (tied & inside).sum() / tied.sum()
+
+    wins = relevance[inside][:, None] - relevance[~inside][None, :]
+    n_inside = inside.sum()
+    return {"rank_accuracy": hits(n_inside) / n_inside, "pointing_game": hits(1),
+            "top_k_intersection": hits(top_k) / top_k, "roc_auc": ((wins > 0) + (wins == 0) / 2).mean()}
+
+
+def assert_rank_scores_match_reference(heatmaps, masks, top_k):
+    scores = localisation.localisation_metrics(heatmaps, masks, top_k=top_k)
+    for i in range(masks.shape[0]):
+        for a in range(masks.shape[1]):
+            expected = reference_rank_scores(heatmaps[a, i], masks[i, a], top_k)
+            for name, value in expected.items():
+                assert scores.defined[name][i, a]
+                assert float(scores.values[name][i, a]) == pytest.approx(value, rel=1e-6, abs=1e-7), (name, i, a)
+
+
+@pytest.mark.slow  # compiles the metrics for many shapes: > 5 s on 2 cores
+@pytest.mark.parametrize("values", [(-1.0, 0.0, 1.0, 2.0), (0.0, 3.0), (-0.0, 0.0, 1.0)])
+def test_many_ties_match_brute_force(values):
+    rng = np.random.default_rng(7)
+    heatmaps = rng.choice(np.array(values, np.float32), size=(2, 5, 6, 7))
+    heatmaps[:, :, 0, 0] = 3.0  # every pair has positive relevance
+    masks = rng.random((5, 2, 6, 7)) < rng.uniform(0.05, 0.8, size=(5, 2, 1, 1))
+    masks[..., 0, 1], masks[..., 0, 2] = True, False  # 0 < M < P
+    for top_k in (1, 5, 41):  # 41 of 42 pixels: k larger than every region here but the largest
+        assert_rank_scores_match_reference(heatmaps, masks, top_k)
+
+
+def test_constant_heatmaps_score_the_region_share():
+    masks = np.zeros((1, 2, 4, 4), bool)
+    masks[0, 0, :1] = True  # M = 4
+    masks[0, 1, :3] = True  # M = 12, larger than k
+    scores, _ = localisation.localisation_metrics(np.full((2, 1, 4, 4), 0.5, np.float32), masks, top_k=6)
+    for name in ("rank_accuracy", "pointing_game", "top_k_intersection"):
+        np.testing.assert_allclose(scores[name][0], [4 / 16, 12 / 16], rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(scores["roc_auc"][0], [0.5, 0.5], rtol=1e-6)
+
+
+@pytest.mark.slow  # compiles the metrics for many shapes: > 5 s on 2 cores
+def test_heatmaps_too_wide_to_pack_use_the_two_operand_sort_with_the_same_results():
+    rng = np.random.default_rng(8)
+    heatmaps, masks = random_pairs(rng, num_aus=2, n=3, height=6, width=5)
+    wide = heatmaps.copy()
+    wide[1, 2] *= np.float32(10.0) ** rng.integers(-30, 30, size=(6, 5))  # 1e-30 to 1e30 on both sides of zero
+    keys = localisation._ordered_keys(jax.numpy.asarray(wide.reshape(2 * 3, 30)))
+    assert not localisation._compressed_keys(keys[5])[1] and localisation._compressed_keys(keys[0])[1]
+    assert_rank_scores_match_reference(wide, masks, top_k=4)
+    packed = localisation.localisation_metrics(heatmaps, masks, top_k=4)
+    two_operands = localisation.localisation_metrics(wide, masks, top_k=4)
+    for name in localisation.RANK_METRICS:  # the pairs that both batches share score the same under either sort
+        np.testing.assert_array_equal(np.asarray(packed.values[name])[:2], np.asarray(two_operands.values[name])[:2])
+
+
 def test_pairs_per_second_is_positive():
     heatmaps, masks = random_pairs(np.random.default_rng(3), num_aus=2, n=2, height=4, width=4)
     assert localisation.pairs_per_second(heatmaps, masks, repeats=2) > 0
