@@ -4,9 +4,11 @@ import struct
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from aujax import events
+from aujax import events, train
+from tests.support import _cfg, _fold_setup
 
 
 def read_scalars(directory: str) -> dict[str, list[tuple[int, float]]]:
@@ -60,3 +62,30 @@ def test_only_process_0_writes(tmp_path, monkeypatch):
         writer.step_loss(1, 0.5)
         writer.epoch({"step": 1, "loss": 0.5, "held_out_mean_f1": 0.3, "images_per_second": 9.0})
     assert not (tmp_path / "tb").exists()
+
+
+class _StopAtStep(train.StopRequested):
+    """Asks to stop once `step` steps have been taken, as SIGTERM would."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self._step = step
+
+    def after_step(self, step: int) -> None:
+        self.requested = step >= self._step
+
+
+@pytest.mark.slow
+def test_a_fold_stopped_and_resumed_shows_each_step_once_with_the_loss_f1_and_rate_of_its_history(tmp_path):
+    trainer, fold, data, labels = _fold_setup(_cfg(log_every_steps=1))  # 2 epochs of 2 steps
+    checkpoint_dir = str(tmp_path / "checkpoints" / "fold_00")
+    with pytest.raises(train.TrainingStopped):
+        train.fit_fold(trainer, fold, data, labels, checkpoint_dir, _StopAtStep(3))
+    _, history = train.fit_fold(trainer, fold, data, labels, checkpoint_dir, train.StopRequested())
+    scalars = read_scalars(str(tmp_path / "tensorboard" / "fold_00"))
+    assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3, 4]
+    assert np.mean([loss for _, loss in scalars["train/loss"][2:]]) == pytest.approx(history[1]["loss"], rel=1e-5)
+    for key, tag in events.EPOCH_TAGS.items():
+        expected = [(h["step"], pytest.approx(h[key], rel=1e-6)) for h in history if h[key] is not None]
+        assert scalars.get(tag, []) == expected, tag
+    assert [step for step, _ in scalars["epoch/loss"]] == [2, 4]
