@@ -160,8 +160,9 @@ def _expected_hits_in_top(sorted_keys, inside_so_far, k) -> jax.Array:
     (may be traced). The run of keys tied with the k-th largest is found by binary search.
     """
     threshold = sorted_keys[sorted_keys.size - k]
-    first = jnp.searchsorted(sorted_keys, threshold, side="left")
-    after = jnp.searchsorted(sorted_keys, threshold, side="right")
+    # Unrolled: one fused computation, where the default while loop runs a kernel per step on a GPU.
+    first = jnp.searchsorted(sorted_keys, threshold, side="left", method="scan_unrolled")
+    after = jnp.searchsorted(sorted_keys, threshold, side="right", method="scan_unrolled")
     slots_left = k - (sorted_keys.size - after)
     inside_tied = inside_so_far[after] - inside_so_far[first]
     return inside_so_far[-1] - inside_so_far[after] + slots_left * (inside_tied / (after - first))
