@@ -32,11 +32,14 @@ BEST_METRIC = "mean_f1"
 
 def manager(directory: str, max_to_keep: int, best: bool) -> ocp.CheckpointManager:
     """An orbax manager of `directory` keeping `max_to_keep` steps: the newest, or with `best` those of the highest
-    `BEST_METRIC`."""
+    `BEST_METRIC`. Its multi-host barriers are named after the directory (latest, best), so that the two managers of
+    a fold saving one step at the same time never share a barrier."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True,
         best_fn=(lambda m: m[BEST_METRIC]) if best else None, best_mode="max",
-        keep_checkpoints_without_metrics=not best)
+        keep_checkpoints_without_metrics=not best,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=os.path.basename(os.path.normpath(directory))))
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
