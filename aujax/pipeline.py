@@ -37,6 +37,9 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionErro
                train.TrainingStopped)
 # Settings that change what a run trains: a workdir holding checkpoints of other settings is refused.
 _RUN_IDENTITY = ("seed", "data", "synthetic", "model", "train", "protocol")
+# Fields of those sections that change how a run is watched, not what it computes: neither recorded nor compared (so a
+# workdir trained before such a field existed still resumes).
+_WATCHING_ONLY = {"train": ("log_every_steps",)}
 
 
 def check_settings(config) -> None:
@@ -91,9 +94,13 @@ def prepare_workdir(workdir: str, config) -> None:
 
 
 def run_settings(config) -> dict:
-    """The settings of `_RUN_IDENTITY`, as config.json holds them (JSON types)."""
-    return json.loads(json.dumps({k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
-                                  for k in _RUN_IDENTITY}))
+    """The settings of `_RUN_IDENTITY` but `_WATCHING_ONLY`, as config.json holds them (JSON types)."""
+    settings = json.loads(json.dumps({k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
+                                      for k in _RUN_IDENTITY}))
+    for section, fields in _WATCHING_ONLY.items():
+        for field in fields:
+            settings[section].pop(field, None)
+    return settings
 
 
 def run_record(workdir: str, config, roles: dict) -> dict:

@@ -58,7 +58,7 @@ def train_config(config) -> train.TrainConfig:
         epochs=config.train.epochs, batch_size=config.train.batch_size, learning_rate=config.train.learning_rate,
         momentum=config.train.momentum, seed=config.seed, pos_weight_max=config.train.pos_weight_max,
         checkpoint_every_steps=config.train.checkpoint_every_steps, threshold=config.model.threshold,
-        min_support=config.protocol.min_support)
+        min_support=config.protocol.min_support, log_every_steps=config.train.get("log_every_steps", 10))
 
 
 @dataclasses.dataclass

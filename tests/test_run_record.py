@@ -145,6 +145,19 @@ def test_an_old_workdir_without_fingerprints_gets_them_recorded(trained, tmp_pat
 
 
 @pytest.mark.slow  # `trained`: a tiny run trains
+def test_how_often_the_loss_is_logged_is_not_a_setting_of_the_run(trained, tmp_path):
+    """A field that changes how a run is watched, not what it computes, is neither recorded nor compared: a workdir
+    recorded before `train.log_every_steps` existed (or with another value) still resumes."""
+    workdir = tmp_path / "run"
+    shutil.copytree(trained.workdir, workdir)
+    assert "log_every_steps" not in read_record(workdir)["train"]
+    config = tiny_config(trained.data)
+    config.train.log_every_steps = 3
+    pipeline.run("train", config, str(workdir))
+    assert read_record(workdir) == read_record(trained.workdir)
+
+
+@pytest.mark.slow  # `trained`: a tiny run trains
 def test_a_finished_fold_that_held_out_other_images_is_refused(trained, tmp_path):
     """An old workdir (no fingerprints) whose cv role grew: the saved held-out predictions no longer fit."""
     workdir = copy_without_fingerprints(trained.workdir, tmp_path / "old")
