@@ -129,6 +129,21 @@ class FoldCheckpoints:
             raise files.DiskFullError(files.disk_full_message(directory, needed))
 
 
+def restore_saved(directory: str, step: int) -> dict:
+    """The whole pytree saved at `step` of the orbax manager directory `directory`, as numpy arrays on the host,
+    without the model: its shapes and dtypes come from the checkpoint's metadata, so it restores in any process with
+    any devices (for comparing checkpoints of two runs)."""
+    saved = ocp.CheckpointManager(os.path.abspath(directory), item_handlers=ocp.StandardCheckpointHandler(),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                                          saved.item_metadata(step))
+        return jax.tree_util.tree_map(np.asarray, saved.restore(step, args=ocp.args.StandardRestore(abstract)))
+    finally:
+        saved.close()
+
+
 def variables_template(model, mesh: Mesh) -> dict:
     """`{'params', 'batch_stats'}` of `model` as `jax.ShapeDtypeStruct`s replicated over `mesh` (`jax.eval_shape` of
     its init: nothing is computed)."""

@@ -8,7 +8,7 @@ a half-written orbax tmp directory is left beside it before a restart. Finally b
 training state of every fold (parameters, batch statistics, optimiser state, step), the held-out predictions, the
 training history and the result tables must be equal.
 
-  python experiments/kill_and_resume.py --workdir=runs/kill_and_resume [--interruptions=6 --seed=0 --max_delay=3
+  python -m experiments.kill_and_resume --workdir=runs/kill_and_resume [--interruptions=6 --seed=0 --max_delay=3
       --corrupt_after=1] [-- aujax.main flags, e.g. --epochs=2 --config.train.checkpoint_every_steps=2]
 
 Checks on the way: a run stopped by SIGTERM exits with the TrainingStopped message and its checkpoint is at the step
@@ -168,20 +168,6 @@ def _outcome(workdir: str, run: int, signum: int | None, delay_s: float | None, 
     return result
 
 
-def restore_arrays(checkpoint_dir: str, step: int) -> dict:
-    """The pytree saved at `step` of an orbax manager directory, as numpy arrays, without building the model: works
-    in any process with any devices (the layout is read from the checkpoint's metadata)."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir), item_handlers=ocp.StandardCheckpointHandler(),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
-    one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
-                                      manager.item_metadata(step))
-    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    return jax.tree_util.tree_map(np.asarray, restored)
-
 
 def _without_volatile(value):
     if isinstance(value, dict):
@@ -230,8 +216,10 @@ def compare_workdirs(reference: str, candidate: str, rtol: float = 0.0, atol: fl
         if steps[0] != steps[1] or not steps[0]:
             differences.append(f"{fold}: final checkpoint step {steps[0]} against {steps[1]}")
             continue
+        from aujax.checkpoints import restore_saved  # jax only where checkpoints are compared
+
         try:
-            states = [restore_arrays(os.path.join(d, "latest"), steps[0][0]) for d in (a, b)]
+            states = [restore_saved(os.path.join(d, "latest"), steps[0][0]) for d in (a, b)]
         except Exception as e:  # orbax raises many kinds for a damaged checkpoint
             differences.append(f"{fold}: final checkpoint {steps[0][0]} cannot be restored ({type(e).__name__})")
             continue

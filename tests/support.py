@@ -144,19 +144,6 @@ def saved_steps(checkpoint_dir) -> list[int]:
     return sorted(int(name) for name in os.listdir(checkpoint_dir) if name.isdigit())
 
 
-def restore_arrays(checkpoint_dir: str, step: int) -> dict:
-    """The pytree saved at `step` of an orbax manager directory, as numpy arrays, without building the model: works
-    in any process with any devices (the layout is read from the checkpoint's metadata)."""
-    import orbax.checkpoint as ocp
-
-    manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir), item_handlers=ocp.StandardCheckpointHandler(),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
-    one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
-                                      manager.item_metadata(step))
-    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    return jax.tree_util.tree_map(np.asarray, restored)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Training one fold in-process

@@ -18,7 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-from tests.support import REPO, _main, child_env, patch_records, restore_arrays, saved_steps
+from aujax.checkpoints import restore_saved
+from tests.support import REPO, _main, child_env, patch_records, saved_steps
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -126,7 +127,7 @@ def test_damaged_final_checkpoint_of_a_fold_is_trained_and_saved_again(experimen
         a, b = (w / "checkpoints" / fold for w in (reference, damaged))
         steps = [saved_steps(d / "latest")[-1:] for d in (a, b)]
         assert steps[0] == steps[1] != [], (fold, steps)
-        states = [restore_arrays(str(d / "latest"), steps[0][0]) for d in (a, b)]
+        states = [restore_saved(str(d / "latest"), steps[0][0]) for d in (a, b)]
         for x, y in zip(jax.tree_util.tree_leaves(states[0]), jax.tree_util.tree_leaves(states[1]), strict=True):
             np.testing.assert_array_equal(x, y, err_msg=fold)
         with np.load(a / "predictions.npz") as pa, np.load(b / "predictions.npz") as pb:

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from aujax import distributed
-from tests.support import (COMPILATION_CACHE, CROSS_LAYOUT_REL, REPO, child_env, patch_records, restore_arrays,
+from aujax.checkpoints import restore_saved
+from tests.support import (COMPILATION_CACHE, CROSS_LAYOUT_REL, REPO, child_env, patch_records,
                            saved_steps, tree_relative_difference)
 
 ARGS = ["--mode=train", "--width=4,8,8,8", "--batch_size=8", "--config.protocol.max_folds=1",
@@ -122,8 +123,8 @@ def test_two_processes_train_like_one_process_and_their_checkpoint_restores_in_o
     _expect_success("1 process x 8 devices", runs["one"])
     two_dir = runs["root"] / "two" / "checkpoints" / "fold_00" / "latest"
     assert STEPS_PER_EPOCH in saved_steps(two_dir), f"{two_dir}: the epoch 1 checkpoint is gone (stopped too late)"
-    two = restore_arrays(str(two_dir), STEPS_PER_EPOCH)
-    one = restore_arrays(str(runs["root"] / "one" / "checkpoints" / "fold_00" / "latest"), STEPS_PER_EPOCH)
+    two = restore_saved(str(two_dir), STEPS_PER_EPOCH)
+    one = restore_saved(str(runs["root"] / "one" / "checkpoints" / "fold_00" / "latest"), STEPS_PER_EPOCH)
     for part in ("params", "batch_stats", "opt_state"):  # the same 8 devices; gloo sums in another order
         assert tree_relative_difference(one[part], two[part]) <= CROSS_LAYOUT_REL, part
     assert int(two["step"]) == int(one["step"]) == STEPS_PER_EPOCH
