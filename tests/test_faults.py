@@ -66,10 +66,16 @@ def _fill(disk, leave: int):
     return filler
 
 
+# `python -m aujax.main` with Python's own Ctrl-C handler: a process started in the background of a shell without job
+# control inherits SIGINT ignored, and Python then keeps it ignored (the run would train on, as a user's nohup run does).
+_WITH_PYTHON_S_CTRL_C = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                         "runpy.run_module('aujax.main', run_name='__main__', alter_sys=True)")
+
+
 def _interrupt_when(text: str, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the command line; send it SIGINT (Ctrl-C) when `text` first appears in its log."""
     env = {**child_env(COMPILATION_CACHE), "PYTHONPATH": REPO}
-    process = subprocess.Popen([sys.executable, "-m", "aujax.main", *args], cwd=REPO, env=env,
+    process = subprocess.Popen([sys.executable, "-c", _WITH_PYTHON_S_CTRL_C, *args], cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(timeout, process.kill)
     watchdog.start()
