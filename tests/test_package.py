@@ -118,3 +118,21 @@ def test_installed_package_holds_its_configs_and_face_model(installed, tmp_path)
     assert not package.startswith(REPO) and paper == os.path.join(package, "configs", "paper.py")
     assert load_config(paper).to_dict() == load_config(configs.path("paper")).to_dict()
     assert int(model_size) == os.path.getsize(os.path.join(REPO, "aujax", "data", "models", "face_landmarker.task"))
+
+
+@pytest.mark.parametrize("imports", ["import aujax; import tensorflow_datasets as tfds",
+                                     "import tensorflow_datasets as tfds; import aujax"])
+def test_importing_aujax_registers_the_builders_in_either_order_with_tfds(imports, tmp_path):
+    pytest.importorskip("tensorflow_datasets", reason="the builders need tensorflow-datasets")
+    code = (f"{imports}; import sys; light = 'jax' not in sys.modules; "
+            f"print(type(tfds.builder('ck_plus', data_dir={str(tmp_path)!r})).__name__, light)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["CkPlus", "True"]
+
+
+def test_importing_aujax_alone_loads_neither_jax_nor_tfds():
+    code = "import aujax, sys; print(sorted({'jax', 'tensorflow_datasets'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
