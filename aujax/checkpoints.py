@@ -7,6 +7,11 @@ resumed are deleted, so they are saved again when trained again. A checkpoint th
 refused before orbax writes anything (`FoldCheckpoints.save`), and a full disk met in orbax's writers is
 `files.DiskFullError` too (`FoldCheckpoints.writing`).
 
+Two managers rather than one with orbax's `AnyPreservationPolicy(LatestN(2), BestN(1))` (orbax 0.12 has it): the
+steps saved inside an epoch (periodic, or on a stop request) have no held-out F1, and a resume deletes the steps newer
+than the one it restored; in one manager either could prune the best step, while `best/` is written only at epoch ends
+that improve the score and is never pruned by a resume.
+
 Inference (`restore_variables`) restores `{'params', 'batch_stats'}` alone, replicated over a mesh, against a template
 from `jax.eval_shape` of the model's init: no optimizer, nothing compiled. A checkpoint of a model of other settings
 (another `--width`) is refused naming the first parameter whose shape differs, before orbax reads anything.
