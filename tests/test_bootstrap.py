@@ -75,6 +75,11 @@ def test_undefined_statistics_give_nan_intervals():
     assert np.all(np.isnan(low)) and np.all(np.isnan(high))
     low, _ = bootstrap.mean_intervals(np.ones((20, 2)), np.zeros((20, 2), bool), subject, 100, seed=0)
     assert np.all(np.isnan(low))
+    one = np.full(20, "A")  # one subject resampled is always itself: no interval
+    low, _ = bootstrap.mean_intervals(np.ones((20, 2)), np.ones((20, 2), bool), one, 100, seed=0)
+    assert np.all(np.isnan(low))
+    low, _ = bootstrap.f1_intervals(np.ones((20, 2)), np.ones((20, 2)), one, 100, seed=0)
+    assert np.all(np.isnan(low))
     with pytest.raises(ValueError, match="bootstrap"):
         bootstrap.subject_weights(subject, 0, seed=0)
 

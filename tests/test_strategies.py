@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.sparse import csgraph
 
 from aujax.analysis import strategies
 
@@ -86,3 +87,13 @@ def test_role_strategies_and_their_record():
                                {"id": 1, "size": 20, "mu": pytest.approx(0.6)}]
     assert au4["images"][0] == {"source": "img0", "cluster": int(truth[0])}
     assert len(record["aus"]["AU25"]["images"]) == n - 5
+
+
+def test_many_images_take_the_sparse_eigensolver_and_agree_with_the_dense_one():
+    heatmaps, truth = _two_patterns(300, 200, seed=4)
+    weights = strategies.affinity(strategies.features(heatmaps), 8)
+    dense = np.linalg.eigvalsh(csgraph.laplacian(weights.toarray(), normed=True))[:7]
+    np.testing.assert_allclose(strategies.laplacian_eigenvalues(weights, 7), dense, atol=1e-6)
+    found = strategies.cluster_heatmaps(heatmaps, **SETTINGS)
+    assert found.count == 2
+    np.testing.assert_array_equal(found.labels, truth)

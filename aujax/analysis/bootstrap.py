@@ -6,7 +6,8 @@ sample draws S subjects with replacement from the S subjects there are and keeps
 subject was drawn (`subject_weights`: multinomial counts, (B, S)). A statistic is recomputed on each of the B samples
 from per-subject sums, and the interval is the percentile interval of the B values ((1 − level)/2 and (1 + level)/2
 quantiles, `interval`). Samples where the statistic is undefined (an AU with fewer than `min_support` positives, or no
-μ pair) are left out; an interval over no sample is NaN. The generator is seeded by `seed` (the run's `config.seed`),
+μ pair) are left out; an interval over no sample is NaN, and so is one over fewer than `MIN_SUBJECTS` subjects with data
+(one subject resampled is always itself: no spread to measure). The generator is seeded by `seed` (the run's `config.seed`),
 so a run gives the same intervals every time, and the same subjects give the same samples to every statistic — which
 is what pairs the composites in `paired_difference`.
 """
@@ -14,6 +15,8 @@ is what pairs the composites in `paired_difference`.
 import dataclasses
 
 import numpy as np
+
+MIN_SUBJECTS = 2
 
 
 def subject_weights(subjects, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +62,7 @@ def f1_intervals(labels, predictions, subjects, samples: int, seed: int, min_sup
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.where(support >= enough, 2 * true_pos / (support + predicted), np.nan)
     low, high = interval(f1, level)
-    scored = labels.sum(axis=0) >= enough
+    scored = (labels.sum(axis=0) >= enough) & (count >= MIN_SUBJECTS)
     return np.where(scored, low, np.nan), np.where(scored, high, np.nan)
 
 
@@ -70,10 +73,13 @@ def mean_intervals(values, used, subjects, samples: int, seed: int, level: float
     used = np.asarray(used, bool)
     inverse, weights = subject_weights(subjects, samples, seed)
     count = weights.shape[1]
+    per_subject_pairs = _per_subject(used.astype(np.float64), inverse, count)
     sums = weights @ _per_subject(np.where(used, values, 0.0), inverse, count)
-    pairs = weights @ _per_subject(used.astype(np.float64), inverse, count)
+    pairs = weights @ per_subject_pairs
     with np.errstate(invalid="ignore", divide="ignore"):
-        return interval(np.where(pairs > 0, sums / pairs, np.nan), level)
+        low, high = interval(np.where(pairs > 0, sums / pairs, np.nan), level)
+    enough = np.sum(per_subject_pairs > 0, axis=0) >= MIN_SUBJECTS
+    return np.where(enough, low, np.nan), np.where(enough, high, np.nan)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,6 +35,13 @@ import numpy as np
 ANY_REGION = "any region"
 REST_OF_FACE = "rest of the face"
 BACKGROUND = "background"
+DEFINITION = ("share of an AU's positive relevance (max(R, 0) summed over the pixels) in each AU's region; 'any "
+              "region' in their union, 'rest of the face' inside the convex hull of the 68 landmarks but in no region, "
+              "'background' in neither; regions overlap and each counts all its pixels, so any region + rest of the "
+              "face + background = 1 and the region columns may sum to more than 'any region'; rows average the "
+              "correctly predicted AUs with positive relevance (the diagonal is Table 3's μ); 'outside own region' "
+              "counts only the pixels outside the row AU's own region; an AU is flagged as a likely shortcut when "
+              "another region holds more of its relevance outside its own region than its own region holds (μ)")
 _HULL_TOLERANCE = 1e-3  # px²: landmarks within this of a hull line count as on it
 
 

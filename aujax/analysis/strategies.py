@@ -16,8 +16,11 @@ import warnings
 
 import jax.numpy as jnp
 import numpy as np
-from scipy.sparse import csgraph
+from scipy import sparse
+from scipy.sparse import csgraph, linalg as sparse_linalg
 from sklearn import cluster, neighbors
+
+_DENSE_UP_TO = 400  # images: up to this many, the Laplacian's eigenvalues are computed densely (exact, fast enough)
 
 
 def downsample(heatmaps, size: int):
@@ -37,20 +40,30 @@ def features(heatmaps: np.ndarray) -> np.ndarray:
     return flat / np.where(norms > 0, norms, 1.0)
 
 
-def affinity(points: np.ndarray, neighbours: int) -> np.ndarray:
-    """(m, d) -> (m, m) float64 symmetrised k-nearest-neighbour connectivity (zero diagonal), k capped at m − 1."""
+def affinity(points: np.ndarray, neighbours: int) -> sparse.csr_matrix:
+    """(m, d) -> sparse (m, m) float64 symmetrised k-nearest-neighbour connectivity (zero diagonal), k capped at
+    m − 1."""
     k = min(neighbours, len(points) - 1)
-    graph = neighbors.kneighbors_graph(points, k, mode="connectivity", include_self=False).toarray()
-    return np.maximum(graph, graph.T)
+    graph = neighbors.kneighbors_graph(points, k, mode="connectivity", include_self=False)
+    return graph.maximum(graph.T).tocsr()
 
 
-def laplacian_eigenvalues(weights: np.ndarray) -> np.ndarray:
-    """Ascending eigenvalues (m,) of the normalised Laplacian of the (m, m) symmetric affinity `weights`."""
-    return np.linalg.eigvalsh(csgraph.laplacian(weights, normed=True))
+def laplacian_eigenvalues(weights, count: int) -> np.ndarray:
+    """The `count` smallest eigenvalues, ascending, of the normalised Laplacian of the sparse (m, m) symmetric
+    affinity `weights`: all of them densely for up to `_DENSE_UP_TO` images, else by ARPACK as 1 − the largest
+    eigenvalues of D^{-½} W D^{-½}."""
+    laplacian = csgraph.laplacian(weights, normed=True)
+    if weights.shape[0] <= _DENSE_UP_TO or count >= weights.shape[0] - 1:
+        return np.linalg.eigvalsh(laplacian.toarray())[:count]
+    adjacency = sparse.identity(weights.shape[0], format="csr") - laplacian
+    largest = sparse_linalg.eigsh(adjacency, k=count, which="LA", return_eigenvectors=False,
+                                  v0=np.ones(weights.shape[0]))
+    return np.sort(1.0 - largest)
 
 
 def eigengap_count(eigenvalues: np.ndarray, max_clusters: int) -> int:
-    """k in [1, max_clusters] (capped at m − 1) maximising λ_{k+1} − λ_k of ascending `eigenvalues` (m,)."""
+    """k in [1, max_clusters] (capped at m − 1) maximising λ_{k+1} − λ_k of ascending `eigenvalues` (at least
+    min(max_clusters + 1, m) of the smallest)."""
     top = min(max_clusters, len(eigenvalues) - 1)
     if top < 1:
         return 1
@@ -60,7 +73,8 @@ def eigengap_count(eigenvalues: np.ndarray, max_clusters: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class Clustering:
     """One AU's strategies: `labels` (m,) cluster id per image (0 the largest cluster), `count` clusters,
-    `eigenvalues` (≤ max_clusters + 1,) the smallest Laplacian eigenvalues the count was read from."""
+    `eigenvalues` (min(max_clusters + 1, m),) the smallest Laplacian eigenvalues the count was read from (empty
+    for fewer than `min_images` images)."""
 
     labels: np.ndarray
     count: int
@@ -75,7 +89,7 @@ def cluster_heatmaps(heatmaps: np.ndarray, max_clusters: int, neighbours: int, s
     if m < max(min_images, 3):
         return Clustering(np.zeros(m, np.int64), 1 if m else 0, np.zeros(0))
     weights = affinity(features(heatmaps), neighbours)
-    eigenvalues = laplacian_eigenvalues(weights)
+    eigenvalues = laplacian_eigenvalues(weights, min(max_clusters + 1, m))
     count = eigengap_count(eigenvalues, max_clusters)
     if count == 1:
         labels = np.zeros(m, np.int64)
@@ -84,7 +98,7 @@ def cluster_heatmaps(heatmaps: np.ndarray, max_clusters: int, neighbours: int, s
             warnings.filterwarnings("ignore", message="Graph is not fully connected")
             labels = cluster.SpectralClustering(count, affinity="precomputed", random_state=seed,
                                                 assign_labels="cluster_qr").fit_predict(weights)
-    return Clustering(_by_size(labels), count, eigenvalues[: max_clusters + 1])
+    return Clustering(_by_size(labels), count, eigenvalues)
 
 
 def _by_size(labels: np.ndarray) -> np.ndarray:
