@@ -19,6 +19,7 @@ constants (a Shape chain, for example) Constant, Shape, Gather, Unsqueeze, Squee
 arithmetic. Anything else is refused naming the node, the op and the supported ops.
 """
 
+import json
 import math
 import os
 from typing import NamedTuple
@@ -57,17 +58,14 @@ class _Refused(ValueError):
 
 
 def load_onnx(path: str, card=None) -> graph_lib.ExplainableNetwork:
-    """The ONNX model in `path` with its card: a `card.ModelCard`, a dict of its fields, the path of its JSON file,
-    or None for the file beside the model (`m.onnx` -> `m.card.json`).
+    """The ONNX model in `path` with its card (`resolve_card`: a `card.ModelCard`, a dict of its fields, the path of
+    its JSON file, or None for the file beside the model, `m.onnx` -> `m.card.json`).
 
     Returns an `ExplainableNetwork` whose outputs are the card's AUs in the order of their output indices (`au_ids`).
     ValueError in one line naming the file for a file that is not ONNX, an unsupported op (with the node), or a card
     that does not match the model.
     """
-    if card is None or isinstance(card, str | os.PathLike):
-        card = card_lib.read_card(os.fspath(card) if card is not None else card_lib.card_path(path))
-    else:
-        card = card_lib.make_card(card)
+    card = resolve_card(path, card)
     proto = _read(path)
     graph, variables = _Converter(proto, card, path).convert()
     count = graph_lib.output_size(graph, variables, (*card.input_size, 3))
@@ -77,6 +75,20 @@ def load_onnx(path: str, card=None) -> graph_lib.ExplainableNetwork:
                          f"{path}")
     return graph_lib.ExplainableNetwork(graph, variables, au_ids=card.au_ids,
                                         outputs=tuple(card.outputs[au] for au in card.au_ids))
+
+
+def resolve_card(path: str, card=None) -> card_lib.ModelCard:
+    """The card of the model in `path`: a `ModelCard`, a dict of its fields, a JSON object's text (as a flag gives
+    it), the path of its JSON file, or None for the file beside the model."""
+    if isinstance(card, str) and card.lstrip().startswith("{"):
+        try:
+            card = json.loads(card)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--model_card: not a JSON object ({e})") from None
+        return card_lib.make_card(card, where="--model_card")
+    if card is None or isinstance(card, str | os.PathLike):
+        return card_lib.read_card(os.fspath(card) if card is not None else card_lib.card_path(path))
+    return card_lib.make_card(card)
 
 
 def _read(path: str):
@@ -235,9 +247,12 @@ class _Converter:
         attrs = _attributes(node)
         values = [self._constant(name) for name in node.input]
         if op == "Constant":
-            if "value" not in attrs:
-                raise _Refused("only Constant nodes with a tensor 'value' are supported")
-            return numpy_helper.to_array(attrs["value"])
+            if "value" in attrs:
+                return numpy_helper.to_array(attrs["value"])
+            for name in ("value_float", "value_floats", "value_int", "value_ints"):
+                if name in attrs:
+                    return np.array(attrs[name], np.float32 if "float" in name else np.int64)
+            raise _Refused("only Constant nodes with a numeric value are supported")
         if op == "Shape":
             dims = _dims(self.shapes.get(node.input[0])) if node.input[0] not in self.constants else \
                 self.constants[node.input[0]].shape
@@ -277,10 +292,16 @@ class _Converter:
             raise _Refused(f"a constant of shape {value.shape} that is not one value per channel")
         return _in_aujax_order(np.broadcast_to(value.reshape(-1), (x.channels,)), x)
 
+    def _parameters(self, node) -> list:
+        """The constant parameter inputs of a linear node (None for an absent optional one)."""
+        if any(name and name not in self.constants for name in node.input[1:]):
+            raise _Refused("only constant weights and biases are supported")
+        return [self._constant(name) for name in (*node.input[1:], "", "")[:2]]
+
     def _op_Conv(self, node, x, attrs):
-        weight, bias = self._constant(node.input[1]), self._constant(node.input[2] if len(node.input) > 2 else "")
-        if weight is None or weight.ndim != 4:
-            raise _Refused("only 2-d convolutions with constant weights are supported")
+        weight, bias = self._parameters(node)
+        if weight.ndim != 4:
+            raise _Refused("only 2-d convolutions are supported")
         self._require_4d(x, "Conv")
         groups = attrs.get("group", 1)
         kernel = np.transpose(weight, (2, 3, 1, 0))  # (c_out, c_in / g, kh, kw) -> HWIO
@@ -316,19 +337,19 @@ class _Converter:
         return tuple(pads)
 
     def _op_Gemm(self, node, x, attrs):
-        weight = self._constant(node.input[1])
-        bias = self._constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        if weight is None or attrs.get("transA", 0) or x.layout != "NC":
-            raise _Refused("only Gemm of a (batch, features) tensor with a constant weight (transA=0) is supported")
+        weight, bias = self._parameters(node)
+        if attrs.get("transA", 0) or x.layout != "NC":
+            raise _Refused("only Gemm of a (batch, features) tensor (transA=0) is supported")
         kernel = (weight.T if attrs.get("transB", 0) else weight) * attrs.get("alpha", 1.0)
         params = {"kernel": kernel.astype(np.float32)}
         if bias is not None:
-            params["bias"] = np.broadcast_to(bias * attrs.get("beta", 1.0), (kernel.shape[1],)).astype(np.float32)
+            bias = np.asarray(bias, np.float32).reshape(-1) * attrs.get("beta", 1.0)
+            params["bias"] = np.broadcast_to(bias, (kernel.shape[1],)).astype(np.float32)
         return self._dense(node, x, params)
 
     def _op_MatMul(self, node, x, attrs):
-        weight = self._constant(node.input[1])
-        if weight is None or weight.ndim != 2 or x.layout != "NC":
+        weight, _ = self._parameters(node)
+        if weight.ndim != 2 or x.layout != "NC":
             raise _Refused("only MatMul of a (batch, features) tensor by a constant matrix is supported")
         return self._dense(node, x, {"kernel": weight})
 
@@ -479,6 +500,11 @@ class _Converter:
         return x
 
     _op_Dropout = _op_Identity
+
+    def _op_Cast(self, node, x, attrs):
+        if attrs.get("to") not in (1, 10, 11):  # float, float16, double
+            raise _Refused("only a Cast of computed tensors to a float type is supported")
+        return x
 
     def _op_Sigmoid(self, node, x, attrs):
         return self._activation(node, x, graph_lib.Sigmoid)
