@@ -151,10 +151,12 @@ class _Converter:
     def _add(self, kind, onnx_name: str, inputs, params=None, stats=None, **fields) -> str:
         name = _unique(onnx_name.strip("/").replace("//", "/") or kind.__name__.lower(), self.names)
         self.nodes.append(kind(name=name, inputs=tuple(inputs), **fields))
-        if params:
-            self.params = graph_lib.with_entry(self.params, name, {k: jnp.asarray(v) for k, v in params.items()})
+        if params:  # float32 whatever the file stores (float16, float64)
+            self.params = graph_lib.with_entry(self.params, name,
+                                               {k: jnp.asarray(v, jnp.float32) for k, v in params.items()})
         if stats:
-            self.stats = graph_lib.with_entry(self.stats, name, {k: jnp.asarray(v) for k, v in stats.items()})
+            self.stats = graph_lib.with_entry(self.stats, name,
+                                              {k: jnp.asarray(v, jnp.float32) for k, v in stats.items()})
         return name
 
     def convert(self) -> tuple[graph_lib.Graph, dict]:
