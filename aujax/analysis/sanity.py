@@ -1,0 +1,211 @@
+"""Sanity check (Adebayo et al. 2018, "Sanity checks for saliency maps"): cascading randomisation of the model's
+parameters from the head down. Heatmaps that hardly change when the parameters they explain are replaced by random
+ones do not explain the model (`results/sanity_randomisation.csv|json`).
+
+Levels. The modules are the top-level entries of `variables['params']` in the order the model defines them (that of
+its fresh init: stem first, head last), so this works for any Flax architecture. `cascade_levels` groups them
+(`GRANULARITIES`): "stage" by the part of the name before the first "_" (the ResNet-18: stem, stage1 .. stage4, head:
+6 levels), "layer" one top-level module each (11). Level 1 randomises the last group (the head), level 2 the last two,
+and so on until the last level randomises every parameter.
+
+Randomising a module re-draws all of its variables, parameters and batch statistics alike (BatchNorm's running mean
+and variance go back to 0 and 1), from the model's own initialiser with another seed (`init_fn(key)`): each layer gets
+random weights of the scale it was initialised with, and the statistics that fit them.
+
+Similarity, per image and AU, of the heatmap h of the trained model and h' of a randomised one (`similarity`):
+    spearman  Spearman rank correlation of |h| and |h'| over the pixels (average ranks for ties)
+    ssim      SSIM (Wang et al. 2004) of |h| / max|h| and |h'| / max|h'| as scikit-image's `structural_similarity`
+              computes it by default (7x7 uniform windows, K1 = 0.01, K2 = 0.03, data range 1, sample covariance,
+              the mean over the windows that lie inside the image)
+Undefined (and left out of every mean) where a heatmap is constant (rank correlation) or zero (SSIM). Every image and AU
+counts, not only the correctly predicted ones: a randomised model predicts nothing correctly.
+
+A composite is flagged (`flagged`) when its heatmaps of the fully randomised model keep a mean rank correlation or
+SSIM of at least `threshold` with the trained model's: they show the image more than the model.
+"""
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from aujax import distributed
+from aujax.data import records as records_lib
+from aujax.progress import Progress
+
+GRANULARITIES = ("stage", "layer")
+METRICS = ("spearman", "ssim")
+SSIM_WINDOW = 7
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def cascade_levels(modules: Sequence[str], granularity: str) -> list[tuple[str, tuple[str, ...]]]:
+    """[(label, modules randomised at this level)] from the head down, cumulative: the last entry holds every module.
+
+    modules: top-level parameter modules in the model's order (stem first); granularity: one of `GRANULARITIES`."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"--config.analysis.sanity_granularity={granularity!r}: expected one of "
+                         f"{', '.join(GRANULARITIES)}")
+    groups: list[tuple[str, list[str]]] = []
+    for name in modules:
+        label = name.split("_", 1)[0] if granularity == "stage" else name
+        if groups and groups[-1][0] == label:
+            groups[-1][1].append(name)
+        else:
+            groups.append((label, [name]))
+    levels, randomised = [], []
+    for label, members in reversed(groups):
+        randomised = members + randomised
+        levels.append((label, tuple(randomised)))
+    return levels
+
+
+def randomised(variables: dict, fresh: dict, modules: Sequence[str]) -> dict:
+    """`variables` with every collection's entries of `modules` taken from `fresh` (a fresh init of the same model)."""
+    return {collection: {**tree, **{m: fresh[collection][m] for m in modules if m in tree}}
+            for collection, tree in variables.items()}
+
+
+def _average_ranks(values) -> jax.Array:
+    """(P,) -> (P,) float32 ranks from 0, tied values sharing their mean rank: (#smaller + #smaller-or-equal − 1) / 2."""
+    ordered = jnp.sort(values)
+    # Unrolled binary searches: one fused computation (the default while loop runs a kernel per step on a GPU).
+    below = jnp.searchsorted(ordered, values, side="left", method="scan_unrolled")
+    up_to = jnp.searchsorted(ordered, values, side="right", method="scan_unrolled")
+    return (below + up_to - 1).astype(jnp.float32) / 2
+
+
+def spearman(a, b) -> tuple[jax.Array, jax.Array]:
+    """Spearman rank correlation of two (P,) arrays and whether it is defined (neither constant)."""
+    ra, rb = _average_ranks(a), _average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    norm = jnp.sqrt(jnp.sum(ra * ra) * jnp.sum(rb * rb))
+    defined = norm > 0
+    return jnp.where(defined, jnp.sum(ra * rb) / jnp.where(defined, norm, 1.0), 0.0), defined
+
+
+def _window_mean(x) -> jax.Array:
+    """(h, w) -> (h - 6, w - 6): the mean of every 7x7 window inside the image."""
+    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, (SSIM_WINDOW, SSIM_WINDOW), (1, 1), "VALID")
+    return total / SSIM_WINDOW ** 2
+
+
+def ssim(x, y, data_range: float = 1.0) -> jax.Array:
+    """Mean structural similarity of two (h, w) float images, as skimage.metrics.structural_similarity(x, y,
+    data_range=data_range) with its defaults."""
+    x, y = x.astype(jnp.float32), y.astype(jnp.float32)
+    covariance_norm = SSIM_WINDOW ** 2 / (SSIM_WINDOW ** 2 - 1)  # sample covariance
+    ux, uy = _window_mean(x), _window_mean(y)
+    vx = covariance_norm * (_window_mean(x * x) - ux * ux)
+    vy = covariance_norm * (_window_mean(y * y) - uy * uy)
+    vxy = covariance_norm * (_window_mean(x * y) - ux * uy)
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return jnp.mean(s)
+
+
+def _pair_similarity(h, h_random) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    a, b = jnp.abs(h), jnp.abs(h_random)
+    rank, rank_defined = spearman(a.ravel(), b.ravel())
+    peak_a, peak_b = jnp.max(a), jnp.max(b)
+    ssim_defined = (peak_a > 0) & (peak_b > 0) & jnp.isfinite(peak_a) & jnp.isfinite(peak_b)
+    structural = ssim(a / jnp.where(ssim_defined, peak_a, 1.0), b / jnp.where(ssim_defined, peak_b, 1.0))
+    return rank, rank_defined, jnp.where(ssim_defined, structural, 0.0), ssim_defined
+
+
+def similarity(reference, heatmaps) -> dict:
+    """{"spearman", "ssim": (..., n) float32, "spearman_defined", "ssim_defined": (..., n) bool} of two pixel-heatmap
+    arrays (..., n, h, w), pair by pair (jittable)."""
+    shape = reference.shape
+    flat = jax.vmap(_pair_similarity)(reference.reshape((-1,) + shape[-2:]), heatmaps.reshape((-1,) + shape[-2:]))
+    rank, rank_defined, structural, ssim_defined = (v.reshape(shape[:-2]) for v in flat)
+    return {"spearman": rank, "spearman_defined": rank_defined, "ssim": structural, "ssim_defined": ssim_defined}
+
+
+@dataclasses.dataclass
+class SanityResult:
+    """One dataset's randomisation curves: `levels` labels (level k randomises the model from the head down to
+    `levels[k]`); `values[metric][composite]` (K, n, A) float and `defined[metric][composite]` (K, n, A) bool."""
+
+    name: str
+    aus: tuple[int, ...]
+    composites: tuple[str, ...]
+    levels: tuple[str, ...]
+    values: dict
+    defined: dict
+
+    def per_au(self, metric: str, composite: str) -> np.ndarray:
+        """(K, A) mean over the images where defined (NaN where none)."""
+        used, values = self.defined[metric][composite], self.values[metric][composite]
+        count = used.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, np.sum(np.where(used, values, 0.0), axis=1) / count, np.nan)
+
+    def curve(self, metric: str, composite: str) -> list:
+        """(K,) mean over every defined (image, AU) pair per level, None where there is none."""
+        used, values = self.defined[metric][composite], self.values[metric][composite]
+        return [float(np.mean(v[u])) if u.any() else None for v, u in zip(values, used)]
+
+    def flagged(self, threshold: float) -> list[str]:
+        """The composites whose fully randomised heatmaps keep a mean similarity of at least `threshold`."""
+        return [c for c in self.composites
+                if any((last := self.curve(metric, c)[-1]) is not None and last >= threshold for metric in METRICS)]
+
+
+def randomisation_check(explainer: Callable, variables: dict, init_fn: Callable, records: records_lib.FaceRecords,
+                        aus: Sequence[int], *, granularity: str, batch_size: int, mesh: Mesh, key,
+                        composites: Sequence[str]) -> SanityResult:
+    """Cascading randomisation on every image of `records`, in padded batches split over `mesh`.
+
+    explainer: variables -> a function of (n, 112, 112, 3) float images (a sharded jax array) giving the
+    (C, A, n, 112, 112) pixel heatmaps of `composites` (called once per model: canonize there); variables: the
+    trained model's {'params', 'batch_stats'}; init_fn: PRNG key -> fresh variables of the same model, its modules in
+    definition order; key: the PRNG key of the random parameters.
+    """
+    fresh = init_fn(key)
+    levels = cascade_levels(list(fresh["params"]), granularity)
+    reference_fn = explainer(variables)
+    heatmap_fns = [explainer(randomised(variables, fresh, modules)) for _, modules in levels]
+    compare = jax.jit(similarity, out_shardings=NamedSharding(mesh, P()))
+    parts = []
+    with Progress(len(records), f"randomisation {records.name}") as progress:
+        for index, valid in records_lib.padded_batches(np.arange(len(records)), batch_size):
+            images, _ = distributed.put_rows(records.image, index, mesh)
+            images = images.astype(jnp.float32) / 255.0
+            reference = reference_fn(images)
+            batch = [jax.device_get(compare(reference, fn(images))) for fn in heatmap_fns]  # K × (C, A, n)
+            parts.append({k: np.stack([b[k] for b in batch])[..., :valid] for k in batch[0]})
+            progress.advance(valid)
+    joined = {k: np.concatenate([p[k] for p in parts], axis=-1).transpose(1, 0, 3, 2) for k in parts[0]}  # C, K, n, A
+    return SanityResult(records.name, tuple(aus), tuple(composites), tuple(label for label, _ in levels),
+                        {m: dict(zip(composites, joined[m])) for m in METRICS},
+                        {m: dict(zip(composites, joined[f"{m}_defined"])) for m in METRICS})
+
+
+def table_rows(result: SanityResult) -> list[dict]:
+    """`report.write_table` rows (keys `METRICS`): one per composite and level, per AU the mean over the images."""
+    rows = []
+    for composite in result.composites:
+        per_au = {metric: result.per_au(metric, composite) for metric in METRICS}
+        for k, level in enumerate(result.levels):
+            scores = {}
+            for a, au in enumerate(result.aus):
+                values = {m: (None if np.isnan(per_au[m][k, a]) else float(per_au[m][k, a])) for m in METRICS}
+                scores[f"AU{au}"] = {**values, "reason": "" if None not in values.values()
+                                     else "constant or empty heatmaps"}
+            rows.append({"method": f"{result.name} {composite}, randomised down to {level}", "scores": scores})
+    return rows
+
+
+def summary(result: SanityResult, threshold: float) -> dict:
+    """JSON-ready: the levels, each composite's curves (mean over all pairs) and the flagged composites."""
+    return {
+            "dataset": result.name,
+            "levels": list(result.levels),
+            "curves": {c: {m: result.curve(m, c) for m in METRICS} for c in result.composites},
+            "threshold": threshold,
+            "flagged": result.flagged(threshold),
+    }
