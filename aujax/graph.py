@@ -343,7 +343,7 @@ def _apply_node(node: Node, variables: dict, inputs: list) -> jax.Array:
         z = x @ params["kernel"]
         return z + params["bias"] if node.use_bias else z
     if isinstance(node, BatchNorm):
-        stats = lookup(variables["batch_stats"], node.name)
+        stats = lookup(variables["batch_stats"], node.name, {})
         factor, shift = batch_norm_affine(params["scale"], params["bias"], stats["mean"], stats["var"], node.epsilon)
         return x * factor + shift
     if isinstance(node, Affine):
@@ -359,7 +359,7 @@ def apply(graph: Graph, variables: dict, images: jax.Array, output: str | None =
     for node in graph.nodes:
         try:
             values[node.name] = _apply_node(node, variables, [values[name] for name in node.inputs])
-        except (KeyError, TypeError) as missing:
+        except KeyError as missing:
             raise ValueError(f"graph node {node.name}: variables lack {missing} (expected the layout of the "
                              "aujax.graph docstring)") from None
         if node.name == output:
@@ -369,5 +369,6 @@ def apply(graph: Graph, variables: dict, images: jax.Array, output: str | None =
 
 def output_size(graph: Graph, variables: dict, image_shape: Sequence[int]) -> int:
     """The number of outputs for images of shape (h, w, c) (shapes only, nothing computed)."""
-    shape = jax.eval_shape(lambda x: apply(graph, variables, x), jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+    shape = jax.eval_shape(lambda v, x: apply(graph, v, x), variables,
+                           jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
     return math.prod(shape.shape[1:])

@@ -176,15 +176,15 @@ LRP_WIDTHS = (4, 8, 8, 8)
 
 
 @functools.lru_cache(maxsize=None)
-def _variable_shapes(widths: tuple):
+def _variable_shapes(widths: tuple, name: str = "resnet18"):
     """The variable tree of `model.init_variables`, as shapes only (flax's initialisers compile slowly on CPU)."""
-    network = model.create_model(widths)
+    network = model.create_model(widths, name=name)
     return jax.eval_shape(lambda: model.init_variables(network, jax.random.key(0)))
 
 
-def randomized_variables(seed: int = 0, with_biases: bool = True, widths=LRP_WIDTHS) -> dict:
-    """Variables shaped like `model.init_variables` with random weights (He scaling) and BatchNorm scale/var, and
-    with random BN mean/beta and head bias when `with_biases`.
+def randomized_variables(seed: int = 0, with_biases: bool = True, widths=LRP_WIDTHS, name: str = "resnet18") -> dict:
+    """Variables shaped like `model.init_variables` of architecture `name` with random weights (He scaling) and
+    BatchNorm scale/var, and with random BN mean/beta and dense biases when `with_biases`.
 
     Without biases, BN has mean 0 and beta 0, so folding it creates no bias: the network is then bias-free and
     LRP-0 must conserve relevance exactly.
@@ -205,9 +205,9 @@ def randomized_variables(seed: int = 0, with_biases: bool = True, widths=LRP_WID
             values = np.zeros(shape)
         return jnp.asarray(values, leaf.dtype)
 
-    return jax.tree_util.tree_map_with_path(draw, _variable_shapes(tuple(widths)))
+    return jax.tree_util.tree_map_with_path(draw, _variable_shapes(tuple(widths), name))
 
 
-def sample_images(n: int, seed: int = 1) -> jax.Array:
-    """(n, 112, 112, 3) float32 uniform in [0, 1]."""
-    return jnp.asarray(np.random.default_rng(seed).uniform(0.0, 1.0, (n, 112, 112, 3)), jnp.float32)
+def sample_images(n: int, seed: int = 1, size: int = 112) -> jax.Array:
+    """(n, size, size, 3) float32 uniform in [0, 1]."""
+    return jnp.asarray(np.random.default_rng(seed).uniform(0.0, 1.0, (n, size, size, 3)), jnp.float32)

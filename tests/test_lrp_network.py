@@ -1,16 +1,23 @@
-"""LRP on the whole ResNet-18: canonization, LRP-0 = gradient x input, conservation, z+ drops, API contract."""
+"""LRP on the whole ResNet-18: canonization, LRP-0 = gradient x input, conservation, z+ drops, API contract, and
+the heatmaps of the hand-written engine the graph engine replaced (tests/data/resnet18_reference)."""
 
-import flax.linen as nn
+import dataclasses
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aujax import facs, model
-from aujax.lrp import (COMPOSITES, budget, canonize, explain, explain_with_logits, fold_batch_norm, get_composite,
-                       make_explain_fn, pixel_heatmaps, rules, without_biases)
-from aujax.lrp.explainer import linear_layers, lrp_forward, output_seeds
-from tests.support import LRP_WIDTHS, randomized_variables, sample_images
+from aujax import checkpoints, distributed, model
+from aujax import graph as graph_lib
+from aujax.lrp import (COMPOSITES, ExplainableNetwork, budget, canonize, explain, explain_with_logits,
+                       get_composite, make_explain_fn, pixel_heatmaps, rules, without_biases)
+from aujax.lrp.explainer import lrp_forward, node_rule, output_seeds
+from tests.support import LRP_WIDTHS, REPO, randomized_variables, sample_images
+
+NUM_OUTPUTS = 8  # model.create_model's default
+REFERENCE = os.path.join(REPO, "tests", "data", "resnet18_reference")
 
 
 @jax.jit
@@ -29,21 +36,61 @@ def totals(relevance) -> np.ndarray:
     return relevance.reshape(relevance.shape[:2] + (-1,)).sum(-1)
 
 
-def test_folding_one_batch_norm_keeps_the_conv_output():
+def canonization_case():
+    """A graph with an input normalisation before a padded strided conv, a conv + BatchNorm, a BatchNorm after a
+    ReLU (it cannot fold backwards) before a dense node, a BatchNorm whose conv has two readers, dropout and a
+    trailing sigmoid; variables with random values."""
+    nodes = (graph_lib.Affine("normalise", ("input",)),
+             graph_lib.Conv("stem/conv", ("normalise",), 4, (3, 3), (2, 2), ((1, 1), (1, 1))),
+             graph_lib.BatchNorm("stem/bn", ("stem/conv",)), graph_lib.Relu("relu", ("stem/bn",)),
+             graph_lib.Conv("side", ("relu",), 4, (1, 1), use_bias=False),
+             graph_lib.BatchNorm("side_bn", ("side",)), graph_lib.Add("add", ("side_bn", "side")),
+             graph_lib.Identity("dropout", ("add",)), graph_lib.GlobalAvgPool("pool", ("dropout",)),
+             graph_lib.BatchNorm("pool_bn", ("pool",)), graph_lib.Dense("head", ("pool_bn",), 3),
+             graph_lib.Sigmoid("probability", ("head",)))
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.uniform(0, 1, (2, 9, 9, 5)), jnp.float32)
-    kernel = jnp.asarray(rng.normal(size=(3, 3, 5, 6)), jnp.float32)
-    scale, beta, mean = (jnp.asarray(rng.normal(size=6), jnp.float32) for _ in range(3))
-    var = jnp.asarray(rng.uniform(0.2, 3.0, 6), jnp.float32)
-    conv = jax.lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    batch_norm = nn.BatchNorm(use_running_average=True, epsilon=model.BATCH_NORM_EPSILON)
-    expected = batch_norm.apply({"params": {"scale": scale, "bias": beta},
-                                 "batch_stats": {"mean": mean, "var": var}}, conv)
-    folded = fold_batch_norm(kernel, scale, beta, mean, var)
-    got = jax.lax.conv_general_dilated(x, folded["kernel"], (2, 2), ((1, 1), (1, 1)),
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC")) + folded["bias"]
-    assert relative_error(got, expected) < 1e-5
+
+    def draw(*shape, low=None):
+        return jnp.asarray(rng.uniform(low, 2.0, shape) if low else rng.normal(size=shape), jnp.float32)
+
+    def bn():
+        return {"scale": draw(4), "bias": draw(4)}, {"mean": draw(4), "var": draw(4, low=0.3)}
+
+    (stem_bn, stem_stats), (side_bn, side_stats), (pool_bn, pool_stats) = bn(), bn(), bn()
+    params = {"normalise": {"scale": draw(3, low=1.0), "shift": draw(3)},
+              "stem": {"conv": {"kernel": draw(3, 3, 3, 4), "bias": draw(4)}, "bn": stem_bn},
+              "side": {"kernel": draw(1, 1, 4, 4)}, "side_bn": side_bn, "pool_bn": pool_bn,
+              "head": {"kernel": draw(4, 3), "bias": draw(3)}}
+    stats = {"stem": {"bn": stem_stats}, "side_bn": side_stats, "pool_bn": pool_stats}
+    return graph_lib.Graph(nodes, "probability"), {"params": params, "batch_stats": stats}
+
+
+def test_canonization_folds_where_exact_and_computes_the_logits():
+    """Folded: the input normalisation into the padded stem conv (a bias map exact at the border), the stem's
+    BatchNorm into it, the pooled BatchNorm into the head; kept as an affine node: the BatchNorm of a conv that
+    another node reads too; gone: dropout and the sigmoid. The canonical network computes the graph's logits."""
+    graph, variables = canonization_case()
+    canonical = canonize(variables, graph)
+    kinds = {node.name: type(node).__name__ for node in canonical.graph.nodes}
+    assert kinds == {"stem/conv": "Conv", "relu": "Relu", "side": "Conv", "side_bn": "Affine", "add": "Add",
+                     "pool": "GlobalAvgPool", "head": "Dense"}
+    assert canonical.graph.output == "head" and canonical.graph.node("stem/conv").inputs == ("input",)
+    assert canonical["stem/conv"]["bias_kernel"].shape == (3, 3, 3, 4)
+    images = sample_images(2, size=9)
+    expected = graph_lib.apply(graph, variables, images, output="head")
+    for name in ("gradient", "paper"):
+        got = jax.jit(lambda c, x: lrp_forward(c, x, get_composite(name))[0])(canonical, images)
+        assert relative_error(got, expected) < 1e-5, name
+    # zero padding of the normalised input is not zero padding of the pixels: the folded bias differs at the border
+    bias_map = np.asarray(canonical["stem/conv"]["bias"] + jax.lax.conv_general_dilated(
+            jnp.ones((1, 9, 9, 3)), canonical["stem/conv"]["bias_kernel"], (2, 2), ((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    assert np.abs(bias_map[0, 0, 0] - bias_map[0, 2, 2]).max() > 1e-2
+
+
+def test_a_network_of_unknown_variables_needs_its_graph():
+    with pytest.raises(ValueError, match="fit none of aujax's architectures"):
+        canonize(canonization_case()[1])
 
 
 def test_canonical_network_computes_the_model_logits():
@@ -51,9 +98,10 @@ def test_canonical_network_computes_the_model_logits():
     images = sample_images(3)
     expected = model_logits(variables, images)
     canonical = canonize(variables)
+    assert canonical.graph == canonize(variables, model.create_graph("resnet18", LRP_WIDTHS)).graph  # recognised
     got = jax.jit(lambda c, x: lrp_forward(c, x, get_composite("gradient"))[0])(canonical, images)
     assert relative_error(got, expected) < 1e-5
-    assert np.abs(np.asarray(canonical["stage2_block1"]["proj_conv"]["bias"])).max() > 0.01  # folding made biases
+    assert np.abs(np.asarray(canonical["stage2_block1/proj_conv"]["bias"])).max() > 0.01  # folding made biases
 
 
 @pytest.mark.slow  # compiles LRP of a ResNet-18: > 5 s on 2 cores
@@ -69,7 +117,7 @@ def test_lrp0_equals_gradient_times_input_of_the_original_network():
         assert relevance.dtype == jnp.float64
         assert relative_error(lrp_logits, logits) < 1e-12
         # the z-rule's 1e-12 stabilizer is the only difference: ~1e-12 / |z| for the smallest pre-activations z
-        for au in range(facs.NUM_AUS):
+        for au in range(NUM_OUTPUTS):
             assert relative_error(relevance[au], expected[au]) < 1e-7
 
 
@@ -87,7 +135,8 @@ def test_z_rule_conserves_relevance_layer_by_layer(bias_free_canonical):
     np.testing.assert_allclose(totals(trace.at_taps["head/out"]), logits, rtol=1e-6)  # the seed
     np.testing.assert_allclose(totals(trace.relevance), logits, rtol=1e-4, atol=1e-6)
     entries = budget.budget_from_trace(bias_free_canonical, trace, composite)
-    assert len(entries) == len(linear_layers(bias_free_canonical)) + 8 + 2  # + 8 additions + 2 pools
+    linear = [n for n in bias_free_canonical.graph.nodes if isinstance(n, graph_lib.LINEAR)]
+    assert len(entries) == len(linear) + 8 + 2  # + 8 additions + 2 pools
     scale = np.abs(logits).max()
     for name, entry in entries.items():
         np.testing.assert_allclose(entry["relevance_in"], entry["relevance_out"], rtol=1e-4, atol=1e-5 * scale,
@@ -101,23 +150,23 @@ def test_zplus_conserves_except_the_relevance_of_units_with_zero_positive_preact
     """Make half the conv2 output channels of a block purely inhibitory: their z+ denominators are zero everywhere and
     the relevance the residual split gives them (non-zero: the branch output is negative there) is dropped."""
     dead = "stage2_block1"
-    canonical = jax.tree_util.tree_map(lambda a: a, bias_free_canonical)
-    kernel = canonical[dead]["conv2"]["kernel"]
-    canonical[dead]["conv2"]["kernel"] = kernel.at[..., :4].set(-jnp.abs(kernel[..., :4]))
+    conv2 = bias_free_canonical[f"{dead}/conv2"]
+    kernel = conv2["kernel"].at[..., :4].set(-jnp.abs(conv2["kernel"][..., :4]))
+    canonical = dataclasses.replace(bias_free_canonical, params=graph_lib.with_entry(
+            bias_free_canonical.params, f"{dead}/conv2", {**conv2, "kernel": kernel}))
     composite = get_composite("paper")
     trace = jax.jit(budget.trace_relevance, static_argnums=2)(canonical, sample_images(2, seed=5), composite)
     entries = budget.budget_from_trace(canonical, trace, composite)
     scale = np.abs(np.asarray(trace.logits)).max()
-    for name, layer in linear_layers(canonical).items():
-        if composite.linear_rule(layer.spec.kind, layer.first).name != "zplus":
+    for node in canonical.graph.nodes:
+        if node_rule(composite, canonical.graph, node) != rules.zplus_rule():
             continue
+        name = node.name
         # computed here from the definition z+_k = sum_j x_j max(w_jk, 0): units with z+ = 0 drop their relevance,
         # the others pass R_k z+_k / (z+_k + stabilizer) on (biases are zero)
         x = trace.activations[f"{name}/in"]
         assert float(x.min()) >= 0.0, name
-        positive_preactivation = jax.lax.conv_general_dilated(
-                x, jnp.maximum(layer.kernel, 0), (layer.spec.strides,) * 2, ((layer.spec.padding,) * 2,) * 2,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"))[None]
+        positive_preactivation = graph_lib.conv(node, x, jnp.maximum(canonical[name]["kernel"], 0))[None]
         relevance_out = trace.at_taps[f"{name}/out"]
         dropped = totals(jnp.where(positive_preactivation == 0, relevance_out, 0.0))
         passed_on = totals(relevance_out * positive_preactivation / (positive_preactivation + rules.STABILIZER))
@@ -210,8 +259,8 @@ def test_explain_api_order_vmap_and_jit():
         logits, backward = jax.vjp(lambda x: lrp_forward(canonical, x, get_composite("paper"))[0], images)
         return backward(au_one_hot * logits)[0]
 
-    for au in range(facs.NUM_AUS):
-        single = one_au(canonical, images, jnp.eye(facs.NUM_AUS)[au])
+    for au in range(NUM_OUTPUTS):
+        single = one_au(canonical, images, jnp.eye(NUM_OUTPUTS)[au])
         np.testing.assert_allclose(relevance[au], single, rtol=1e-5, atol=1e-6 * float(np.abs(single).max()))
 
 
@@ -233,3 +282,35 @@ def test_gradient_baselines_and_bad_arguments():
         explain(variables, (images * 255).astype(jnp.uint8))
     with pytest.raises(ValueError, match="batch_stats"):
         explain({"params": variables["params"]}, images)
+
+
+@pytest.fixture(scope="module")
+def reference_network():
+    """The checkpoint written before the graph engine, restored as the pipeline restores it, and its images."""
+    variables = checkpoints.restore_variables(model.create_model(LRP_WIDTHS), os.path.join(REFERENCE, "checkpoint"),
+                                              distributed.make_mesh())
+    return variables, jnp.asarray(np.load(os.path.join(REFERENCE, "images.npy")), jnp.float32) / 255.0
+
+
+@pytest.mark.parametrize("composite", ["paper"] + [pytest.param(name, marks=pytest.mark.slow)  # 5-15 s each
+                                                   for name in ("epsilon_gamma_box", "all_z", "gradient_x_input")])
+def test_the_heatmaps_of_the_hand_written_engine_are_reproduced(reference_network, composite):
+    """The graph engine computes the operations of the engine it replaced in the same order (it gave identical bits
+    on the 2-core CPU it replaced it on); 1e-5 of max |R| leaves room for another XLA's fusion and reassociation of
+    float32 sums (~1e-7 relative each), while a changed rule, stabilizer, seed or layer moves heatmaps by > 1e-2."""
+    variables, images = reference_network
+    logits, relevance = explain_with_logits(variables, images, composite)
+    np.testing.assert_allclose(logits, np.load(os.path.join(REFERENCE, "logits.npy")), rtol=1e-5, atol=1e-6)
+    reference = np.load(os.path.join(REFERENCE, f"heatmaps_{composite}.npy"))
+    assert relevance.shape == (NUM_OUTPUTS, 2, 64, 64, 3)
+    np.testing.assert_allclose(pixel_heatmaps(relevance), reference, rtol=0, atol=1e-5 * np.abs(reference).max())
+
+
+def test_an_explainable_network_selects_and_orders_its_outputs(reference_network):
+    variables, images = reference_network
+    graph = model.create_graph("resnet18", LRP_WIDTHS)
+    full_logits, full = explain_with_logits(variables, images, "paper", graph=graph)
+    logits, relevance = explain_with_logits(ExplainableNetwork(graph, variables, outputs=(5, 2)), images, "paper")
+    full_logits, full = np.asarray(full_logits), np.asarray(full)
+    np.testing.assert_array_equal(logits, full_logits[:, [5, 2]])
+    np.testing.assert_allclose(relevance, full[[5, 2]], rtol=1e-6, atol=1e-7 * float(np.abs(full).max()))

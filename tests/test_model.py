@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from aujax import graph
 from aujax import model as model_lib
 
 
@@ -54,12 +55,26 @@ def test_output_shape_train_versus_eval_and_determinism():
 
 
 def test_stage_resolutions_match_resnet_at_112():
-    model = model_lib.create_model((4, 8, 8, 8))
-    variables = model_lib.init_variables(model, jax.random.key(0))
-    _, state = model.apply(variables, jnp.zeros((1, 112, 112, 3)), train=False, capture_intermediates=True,
-                           mutable=["intermediates"])
-    sizes = [state["intermediates"][model_lib.block_name(s, 1)]["__call__"][0].shape[1] for s in range(4)]
+    network = model_lib.create_model((4, 8, 8, 8))
+    variables = jax.eval_shape(lambda: model_lib.init_variables(network, jax.random.key(0)))
+    images = jax.ShapeDtypeStruct((1, 112, 112, 3), jnp.float32)
+    sizes = [jax.eval_shape(lambda v, x, s=s: graph.apply(network.graph, v, x, output=f"{model_lib.block_name(s, 1)}/relu"),
+                            variables, images).shape[1] for s in range(4)]
     assert sizes == [28, 14, 7, 4]
+
+
+def test_parameters_nest_by_the_node_names():
+    """The layout of every checkpoint written before the graph: e.g. params['stage2_block1']['proj_bn']['scale']."""
+    network = model_lib.create_model((4, 8, 8, 8))
+    variables = jax.eval_shape(lambda: model_lib.init_variables(network, jax.random.key(0)))
+    assert sorted(variables["params"]) == ["head", "stage1_block1", "stage1_block2", "stage2_block1", "stage2_block2",
+                                           "stage3_block1", "stage3_block2", "stage4_block1", "stage4_block2",
+                                           "stem_bn", "stem_conv"]
+    assert sorted(variables["params"]["stage2_block1"]) == ["bn1", "bn2", "conv1", "conv2", "proj_bn", "proj_conv"]
+    assert sorted(variables["batch_stats"]["stage2_block1"]["proj_bn"]) == ["mean", "var"]
+    for node in network.graph.nodes:
+        if isinstance(node, (graph.Conv, graph.Dense, graph.BatchNorm)):
+            assert graph.lookup(variables["params"], node.name) is not None, node.name
 
 
 @pytest.mark.parametrize("bad", ["huge", "1,2,3", "0,8,8,8", "a,b,c,d"])

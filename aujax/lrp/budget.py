@@ -1,4 +1,5 @@
-"""Where relevance goes: relevance entering and leaving every layer, and what each layer drops or absorbs.
+"""Where relevance goes: relevance entering and leaving every linear node, sum and pool of a network's graph, and
+what each drops or absorbs.
 
 A layer conserves relevance when the relevance at its input sums to the relevance at its output. What it loses is
 split into
@@ -15,21 +16,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aujax import graph as graph_lib
 from aujax.lrp import composites as composites_lib
 from aujax.lrp import rules
-from aujax.lrp.canonize import block_names, canonize
-from aujax.lrp.explainer import linear_layers, lrp_forward, output_seeds
+from aujax.lrp.explainer import (canonize, input_taps, linear_bias, linear_spec, lrp_forward, node_rule, output_seeds,
+                                 resolve_composite, tapped)
 
 
 class RelevanceTrace(NamedTuple):
-    logits: jax.Array  # (n, 8)
-    relevance: jax.Array  # (8, n, h, w, 3) at the pixels
-    at_taps: dict  # tap name -> (8, *activation shape): relevance passing the tap point
+    logits: jax.Array  # (n, outputs)
+    relevance: jax.Array  # (outputs, n, h, w, 3) at the pixels
+    at_taps: dict  # tap name -> (outputs, *activation shape): relevance passing the tap point
     activations: dict  # tap name -> forward activation there
 
 
-def trace_relevance(canonical: dict, images: jax.Array, composite: composites_lib.Composite) -> RelevanceTrace:
-    """Relevance at every tap point of `lrp_forward` for all 8 AUs, from one forward pass; jittable."""
+def trace_relevance(canonical, images: jax.Array, composite: composites_lib.Composite) -> RelevanceTrace:
+    """Relevance at every tap point of `lrp_forward` for all outputs, from one forward pass; jittable."""
     _, shapes = jax.eval_shape(lambda x: lrp_forward(canonical, x, composite), images)
     probes = jax.tree_util.tree_map(lambda shape: jnp.zeros(shape.shape, shape.dtype), shapes)
     logits, backward, activations = jax.vjp(lambda x, p: lrp_forward(canonical, x, composite, p), images, probes,
@@ -39,60 +41,50 @@ def trace_relevance(canonical: dict, images: jax.Array, composite: composites_li
 
 
 def _totals(relevance: jax.Array) -> np.ndarray:
-    """(8, n, ...) -> (8, n) sums."""
+    """(outputs, n, ...) -> (outputs, n) sums."""
     return np.asarray(relevance.reshape(relevance.shape[:2] + (-1,)).sum(-1), np.float64)
 
 
-def _dropped_at_zero(activation: jax.Array, relevance: jax.Array) -> jax.Array:
-    """Relevance of the z-rule sums and pools that reaches an output that is exactly zero."""
-    return jnp.where(activation == 0, relevance, 0.0)
-
-
-def budget_from_trace(canonical: dict, trace: RelevanceTrace, composite: composites_lib.Composite) -> dict:
-    """{stage name: {'relevance_in', 'relevance_out', 'dropped'} each (8, n) float64}, in forward order."""
-    layers = linear_layers(canonical)
+def _dropped(canonical, node, composite, trace: RelevanceTrace) -> jax.Array:
+    """Relevance a node cannot pass on: a linear rule's of denominators exactly zero; a sum's or pool's that reaches
+    an output exactly zero (max pooling drops none)."""
     at, act = trace.at_taps, trace.activations
-
-    def linear_entry(name):
-        layer = layers[name]
-        rule = composite.linear_rule(layer.spec.kind, layer.first)
-        dropped = rules.dropped_relevance(layer.spec, rule, act[f"{name}/in"], layer.kernel, layer.bias,
-                                          at[f"{name}/out"])
-        return {"relevance_in": _totals(at[f"{name}/in"]), "relevance_out": _totals(at[f"{name}/out"]),
-                "dropped": _totals(dropped)}
-
-    def sum_entry(inputs, output, dropped):
-        return {"relevance_in": sum(_totals(at[name]) for name in inputs), "relevance_out": _totals(at[output]),
-                "dropped": _totals(dropped)}
-
-    budget = {"stem_conv": linear_entry("stem_conv"),
-              "max_pool": sum_entry(["max_pool/in"], "max_pool/out", jnp.zeros_like(at["max_pool/out"]))}
-    for block in block_names(canonical):
-        for conv in ("conv1", "conv2", "proj_conv"):
-            if f"{block}/{conv}" in layers:
-                budget[f"{block}/{conv}"] = linear_entry(f"{block}/{conv}")
-        budget[f"{block}/add"] = sum_entry([f"{block}/add/branch", f"{block}/add/skip"], f"{block}/add/out",
-                                           _dropped_at_zero(act[f"{block}/add/out"], at[f"{block}/add/out"]))
-    budget["global_pool"] = sum_entry(["global_pool/in"], "global_pool/out",
-                                      _dropped_at_zero(act["global_pool/out"], at["global_pool/out"]))
-    budget["head"] = linear_entry("head")
-    return budget
+    out = at[f"{node.name}/out"]
+    if isinstance(node, graph_lib.LINEAR):
+        params = canonical[node.name]
+        x = act[f"{node.name}/in"]
+        return rules.dropped_relevance(linear_spec(canonical.graph, node), node_rule(composite, canonical.graph, node),
+                                       x, params["kernel"], linear_bias(node, params, x), out)
+    if isinstance(node, graph_lib.MaxPool):
+        return jnp.zeros_like(out)
+    return jnp.where(act[f"{node.name}/out"] == 0, out, 0.0)
 
 
-def relevance_budget(variables: dict, images: jax.Array, composite: str = "paper",
-                     epsilon: float = composites_lib.DEFAULT_EPSILON) -> dict:
-    """Per-layer relevance budget of an LRP composite on `images` (n, 112, 112, 3) in [0, 1]; see the module doc."""
-    resolved = composites_lib.get_composite(composite, epsilon=epsilon)
+def budget_from_trace(canonical, trace: RelevanceTrace, composite: composites_lib.Composite) -> dict:
+    """{node name: {'relevance_in', 'relevance_out', 'dropped'} each (outputs, n) float64} for every linear node,
+    sum and pool, in forward order."""
+    return {node.name: {"relevance_in": sum(_totals(trace.at_taps[name]) for name in input_taps(node)),
+                        "relevance_out": _totals(trace.at_taps[f"{node.name}/out"]),
+                        "dropped": _totals(_dropped(canonical, node, composite, trace))}
+            for node in canonical.graph.nodes if tapped(node)}
+
+
+def relevance_budget(network, images: jax.Array, composite: str = "paper",
+                     epsilon: float = composites_lib.DEFAULT_EPSILON, graph=None) -> dict:
+    """Per-node relevance budget of an LRP composite on `images` (n, h, w, 3) in [0, 1]; `network` and `graph` as
+    `explain_with_logits` takes them; see the module doc."""
+    resolved = resolve_composite(composite, epsilon)
     if not resolved.is_lrp:
-        raise ValueError(f"composite {composite!r} is a gradient baseline: it has no relevance budget")
-    canonical = canonize(variables)
+        raise ValueError(f"composite {resolved.name!r} is a gradient baseline: it has no relevance budget")
+    canonical = canonize(network, graph)
     trace = jax.jit(trace_relevance, static_argnums=2)(canonical, jnp.asarray(images, jnp.float32), resolved)
     return budget_from_trace(canonical, trace, resolved)
 
 
 def budget_shares(budget: dict) -> dict:
-    """{stage: {'dropped_share', 'absorbed_share'}} plus 'total', as fractions of the summed |head output|."""
-    scale = np.abs(budget["head"]["relevance_out"]).sum()
+    """{stage: {'dropped_share', 'absorbed_share'}} plus 'total', as fractions of the summed |output relevance| of
+    the last stage (the logit's node: for LRP the summed |logit|)."""
+    scale = np.abs(budget[list(budget)[-1]]["relevance_out"]).sum()
     scale = scale if scale > 0 else 1.0
     shares = {}
     for name, entry in budget.items():

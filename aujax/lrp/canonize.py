@@ -1,66 +1,169 @@
-"""Canonization: the trained ResNet-18 rewritten as convolutions with biases, ReLUs, pools and additions.
+"""Canonization: a graph (`aujax.graph`) rewritten for LRP as linear nodes with biases, element-wise nodes, sums and
+pools, computing the same logits.
 
-Batch normalisation in eval mode is an affine map per channel, y = (z - mean) * f + beta with
-f = scale / sqrt(var + eps), so it folds exactly into the convolution before it:
+- Eval-mode BatchNorm is the per-channel affine map y = x * f + t, f = scale / sqrt(var + eps), t = beta - mean * f.
+  Right after a convolution or dense node (its only reader) it folds into it exactly:
+      kernel' = kernel * f (per output channel),   bias' = bias * f + t
+- An affine map (an unfolded BatchNorm, or an `Affine` node such as an input normalisation) whose only reader is a
+  dense node, or an ungrouped convolution, folds into that node's input side: kernel' = kernel * scale (per input
+  channel) and the shift becomes bias. A convolution pads its input with zeros, i.e. the *normalised* input, so the
+  folded bias is sum over the window's cells inside the image of kernel * shift: it differs at the border, and the
+  canonical convolution keeps `input_shift` to compute that bias map for the image size at hand (`input_bias`).
+  Relevance then lands on the raw input, as the zB rule's box [0, 1] wants.
+- Any other affine map stays an `Affine` node (LRP passes its relevance through: each output is one input's).
+- Identity nodes (dropout) disappear; a trailing Sigmoid / Softmax is dropped, so relevance starts at the logit.
 
-    kernel' = kernel * f  (per output channel),   bias' = beta - mean * f
-
-The canonical parameters are a pytree mirroring `aujax.model.ResNet18`:
-
-    {'stem_conv': {'kernel', 'bias'},
-     'stage1_block1': {'conv1': {...}, 'conv2': {...}[, 'proj_conv': {...}]}, ..., 'stage4_block2': {...},
-     'head': {'kernel', 'bias'}}
+The result is a `Canonical`: the canonical graph (static) and its parameters, a pytree nested by node name:
+{'<conv or dense>': {'kernel', 'bias'[, 'input_shift']}, '<affine>': {'scale', 'shift'}}.
 """
+
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 
-from aujax import model
-
-_CONV_TO_BATCH_NORM = {"conv1": "bn1", "conv2": "bn2", "proj_conv": "proj_bn"}
-
-
-def fold_batch_norm(kernel: jax.Array, scale: jax.Array, beta: jax.Array, mean: jax.Array, var: jax.Array,
-                    epsilon: float = model.BATCH_NORM_EPSILON) -> dict:
-    """A bias-free conv kernel (kh, kw, c_in, c_out) followed by eval-mode BatchNorm (each (c_out,)) as one conv."""
-    factor = scale * jax.lax.rsqrt(var + epsilon)
-    return {"kernel": kernel * factor, "bias": beta - mean * factor}
+from aujax import graph as graph_lib
+from aujax.graph import INPUT, Affine, BatchNorm, Conv, Dense, Graph, Identity
 
 
-def _fold(params: dict, stats: dict, conv: str, batch_norm: str) -> dict:
-    return fold_batch_norm(params[conv]["kernel"], params[batch_norm]["scale"], params[batch_norm]["bias"],
-                           stats[batch_norm]["mean"], stats[batch_norm]["var"])
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["params"], meta_fields=["graph", "outputs"])
+@dataclasses.dataclass(frozen=True)
+class Canonical:
+    """A canonical network: `graph` (static under jit), `params` (arrays), `outputs` (the output units explained,
+    None: all)."""
+
+    graph: Graph
+    params: dict
+    outputs: tuple[int, ...] | None = None
+
+    def __getitem__(self, name: str) -> dict:
+        """The parameters of node `name` ('stage1_block1/conv1' or 'stage1_block1' for a scope)."""
+        return graph_lib.lookup(self.params, name)
 
 
-def block_names(params: dict) -> list[str]:
-    """Names of the residual blocks in forward order, e.g. ['stage1_block1', ..., 'stage4_block2']."""
-    return [model.block_name(stage, block) for stage in range(4) for block in range(model.BLOCKS_PER_STAGE)
-            if model.block_name(stage, block) in params]
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What canonization does to a graph: the canonical graph and the folds, in order.
 
-
-@jax.jit
-def canonize(variables: dict) -> dict:
-    """Fold every BatchNorm of `variables` ({'params', 'batch_stats'} of `model.ResNet18`) into its convolution.
-
-    Jitted: one small compiled program per model width instead of dozens of eager operations.
+    folds: ('into_output', batch_norm, linear, epsilon) a BatchNorm folded into the node before it; ('affine',
+    batch_norm, epsilon) a BatchNorm kept as an Affine node; ('into_input', affine, linear) an affine map folded
+    into the node after it (after all others).
     """
+
+    graph: Graph
+    folds: tuple
+
+
+def _ancestors(graph: Graph, name: str) -> set:
+    needed, stack = set(), [name]
+    while stack:
+        current = stack.pop()
+        if current != INPUT and current not in needed:
+            needed.add(current)
+            stack.extend(graph.node(current).inputs)
+    return needed
+
+
+def _readers(nodes, name: str) -> list:
+    return [node for node in nodes if name in node.inputs]
+
+
+@functools.lru_cache(maxsize=None)
+def plan(graph: Graph) -> Plan:
+    """The canonization of `graph` (cached: it depends on the graph only)."""
+    needed = _ancestors(graph, graph.logit)
+    nodes = [node for node in graph.nodes if node.name in needed]
+    renamed = {}  # removed node -> the node that now stands for it
+    kept, folds = {}, []
+    for node in nodes:
+        node = dataclasses.replace(node, inputs=tuple(renamed.get(name, name) for name in node.inputs))
+        source = kept.get(node.inputs[0])
+        if isinstance(node, Identity):
+            renamed[node.name] = node.inputs[0]
+        elif isinstance(node, BatchNorm) and isinstance(source, (Conv, Dense)) \
+                and len(_readers(nodes, source.name)) == 1:
+            folds.append(("into_output", node.name, source.name, node.epsilon))
+            renamed[node.name] = source.name
+        elif isinstance(node, BatchNorm):
+            folds.append(("affine", node.name, node.epsilon))
+            kept[node.name] = Affine(node.name, node.inputs)
+        else:
+            kept[node.name] = dataclasses.replace(node, use_bias=True) if isinstance(node, (Conv, Dense)) else node
+    output = renamed.get(graph.logit, graph.logit)
+    for affine in [node for node in kept.values() if isinstance(node, Affine) and node.name != output]:
+        readers = _readers(kept.values(), affine.name)
+        reader = readers[0] if len(readers) == 1 else None
+        if isinstance(reader, Dense) or (isinstance(reader, Conv) and reader.groups == 1):
+            folds.append(("into_input", affine.name, reader.name))
+            kept[reader.name] = dataclasses.replace(reader, inputs=affine.inputs)
+            del kept[affine.name]
+    return Plan(Graph(tuple(kept.values()), output), tuple(folds))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def fold(plan: Plan, variables: dict) -> dict:
+    """The canonical parameters of `variables` ({'params', 'batch_stats'} of the planned graph)."""
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    folded, from_batch_norm = {}, {step[1] for step in plan.folds if step[0] == "affine"}
+    for node in plan.graph.nodes:
+        own = graph_lib.lookup(params, node.name, {})
+        if isinstance(node, (Conv, Dense)):
+            folded[node.name] = {"kernel": own["kernel"],
+                                 "bias": own.get("bias", jnp.zeros(node.features, own["kernel"].dtype))}
+        elif isinstance(node, Affine) and node.name not in from_batch_norm:
+            folded[node.name] = {"scale": own["scale"], "shift": own["shift"]}
+    for step in plan.folds:
+        if step[0] == "into_input":
+            _, affine, linear = step
+            own = folded.pop(affine, None) or graph_lib.lookup(params, affine, {})
+            folded[linear] = _fold_input(plan.graph.node(linear), folded[linear], own["scale"], own["shift"])
+            continue
+        bn, bn_stats = graph_lib.lookup(params, step[1], {}), graph_lib.lookup(stats, step[1], {})
+        factor, shift = graph_lib.batch_norm_affine(bn["scale"], bn["bias"], bn_stats["mean"], bn_stats["var"],
+                                                    step[-1])
+        if step[0] == "affine":
+            folded[step[1]] = {"scale": factor, "shift": shift}
+        else:
+            linear = folded[step[2]]
+            folded[step[2]] = {"kernel": linear["kernel"] * factor, "bias": linear["bias"] * factor + shift}
+    nested = {}
+    for name, leaves in folded.items():
+        nested = graph_lib.with_entry(nested, name, leaves)
+    return nested
+
+
+def _fold_input(node, linear: dict, scale: jax.Array, shift: jax.Array) -> dict:
+    """A dense or conv node after y = x * scale + shift (per input channel) as one node reading x."""
+    kernel = linear["kernel"] * scale[:, None]
+    if isinstance(node, Dense):
+        return {"kernel": kernel, "bias": linear["bias"] + shift @ linear["kernel"]}
+    # the shift enters where the window is inside the image: bias map = bias + conv(ones, kernel * shift)
+    return {"kernel": kernel, "bias": linear["bias"], "bias_kernel": linear["kernel"] * shift[:, None]}
+
+
+def input_bias(node: Conv, params: dict, x: jax.Array) -> jax.Array:
+    """The bias of a canonical conv for input x: (c_out,), or (1, h', w', c_out) where an affine map was folded into
+    its input side."""
+    if "bias_kernel" not in params:
+        return params["bias"]
+    return params["bias"] + graph_lib.conv(node, jnp.ones((1, *x.shape[1:]), x.dtype), params["bias_kernel"])
+
+
+def canonize(variables: dict, graph: Graph, outputs=None) -> Canonical:
+    """`variables` ({'params', 'batch_stats'} of `graph`) folded for LRP (see the module docstring), explaining the
+    output units `outputs` (None: all). ValueError naming what is missing where the variables do not fit the graph."""
+    planned = plan(graph)
     try:
-        params, stats = variables["params"], variables["batch_stats"]
-        canonical = {"stem_conv": _fold(params, stats, "stem_conv", "stem_bn"),
-                     "head": {"kernel": params["head"]["kernel"], "bias": params["head"]["bias"]}}
-        for name in block_names(params):
-            canonical[name] = {conv: _fold(params[name], stats[name], conv, batch_norm)
-                               for conv, batch_norm in _CONV_TO_BATCH_NORM.items() if conv in params[name]}
+        params = fold(planned, variables)
     except KeyError as missing:
-        raise ValueError(f"variables lack {missing}: expected {{'params', 'batch_stats'}} of aujax.model.ResNet18 "
+        raise ValueError(f"variables lack {missing}: expected {{'params', 'batch_stats'}} of the network's graph "
                          "(from model.init_variables or a training checkpoint)") from None
-    if len(block_names(params)) != 4 * model.BLOCKS_PER_STAGE:
-        raise ValueError(f"variables hold blocks {block_names(params)}: expected the "
-                         f"{4 * model.BLOCKS_PER_STAGE} residual blocks of aujax.model.ResNet18")
-    return canonical
+    return Canonical(planned.graph, params, None if outputs is None else tuple(outputs))
 
 
-def without_biases(canonical: dict) -> dict:
+def without_biases(canonical: Canonical) -> Canonical:
     """`canonical` with every bias set to zero (for conservation checks: no relevance is absorbed by biases)."""
     return jax.tree_util.tree_map_with_path(
-            lambda path, leaf: jnp.zeros_like(leaf) if path[-1].key == "bias" else leaf, canonical)
+            lambda path, leaf: jnp.zeros_like(leaf) if path[-1].key in ("bias", "bias_kernel", "shift") else leaf,
+            canonical)

@@ -1,69 +1,133 @@
-"""Explain AU decisions: relevance of every pixel for all 8 AU logits from one forward pass.
+"""Explain decisions: relevance of every pixel for every output of a network, from one forward pass.
 
-The canonical network (`canonize`) is run once with the composite's LRP layer functions (`rules`); `jax.vjp` keeps
-that forward pass and its backward pass is `vmap`ped over the 8 output seeds (one-hot x logit for LRP, one-hot for
-the gradient baselines), so the forward work and every rule denominator are shared by the 8 AUs.
+The canonical network (`canonize`) is run once with the composite's LRP functions (`rules`), node by node of its
+graph; `jax.vjp` keeps that forward pass and its backward pass is `vmap`ped over the output seeds (one-hot x logit for
+LRP, one-hot for the gradient baselines), so the forward work and every rule denominator are shared by all outputs.
+
+A network is given as an `aujax.graph.ExplainableNetwork` (graph, variables, optionally the outputs to explain: a
+loaded ONNX model is one), or as the `{'params', 'batch_stats'}` of an aujax model with its graph
+(`graph=model.create_graph(...)`, or `create_model(...).graph`); without a graph the variables must be those of
+one of aujax's architectures, which `aujax.model.graph_of_variables` recognises.
 
 Usage in a batch loop (canonize once, one compiled function per composite):
 
-    canonical = canonize(variables)
+    canonical = canonize(variables, graph)
     explain_fn = make_explain_fn("paper")
-    logits, relevance = explain_fn(canonical, images)   # (n, 8), (8, n, 112, 112, 3)
+    logits, relevance = explain_fn(canonical, images)   # (n, outputs), (outputs, n, h, w, 3)
 """
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from aujax import facs, model
+from aujax import graph as graph_lib
+from aujax.graph import (INPUT, Add, Affine, AvgPool, Clip, Conv, Dense, GlobalAvgPool, LeakyRelu, MaxPool, Relu)
+from aujax.lrp import canonize as canonize_lib
 from aujax.lrp import composites as composites_lib
 from aujax.lrp import rules
-from aujax.lrp.canonize import block_names, canonize
 
-STEM_STRIDES = 2  # aujax.model: stem_conv 7x7/2
-
-
-class LinearLayer(NamedTuple):
-    spec: rules.LayerSpec
-    first: bool  # the layer that sees the pixels
-    kernel: jax.Array
-    bias: jax.Array
+_NONNEGATIVE_IF_INPUTS_ARE = (graph_lib.MaxPool, AvgPool, GlobalAvgPool, graph_lib.Flatten, graph_lib.Concat, Add,
+                              graph_lib.Identity)
+_SUMS = (Add, AvgPool, GlobalAvgPool)
 
 
-def _conv_layer(params: dict, strides: int, first: bool = False) -> LinearLayer:
-    # Padding kernel // 2 as in aujax.model; every conv but the stem reads a ReLU output.
-    spec = rules.conv_spec(strides, params["kernel"].shape[0] // 2, nonnegative_input=not first)
-    return LinearLayer(spec, first, params["kernel"], params["bias"])
+@functools.lru_cache(maxsize=None)
+def graph_facts(graph: graph_lib.Graph) -> tuple[frozenset, frozenset]:
+    """(names of the nodes whose output is >= 0 by the graph's structure, names of the linear nodes that see the
+    pixels: those reached from the input through no other linear node)."""
+    nonnegative, first, from_input = set(), set(), {INPUT}
+    for node in graph.nodes:
+        if isinstance(node, Relu) or (isinstance(node, Clip) and node.low >= 0) or \
+                (isinstance(node, _NONNEGATIVE_IF_INPUTS_ARE) and all(n in nonnegative for n in node.inputs)):
+            nonnegative.add(node.name)
+        if any(name in from_input for name in node.inputs):
+            if isinstance(node, graph_lib.LINEAR):
+                first.add(node.name)
+            else:
+                from_input.add(node.name)
+    return frozenset(nonnegative), frozenset(first)
 
 
-def linear_layers(canonical: dict) -> dict[str, LinearLayer]:
-    """Every convolution and the head of the canonical network, by name ('stage1_block1/conv1', ...), in order."""
-    layers = {"stem_conv": _conv_layer(canonical["stem_conv"], STEM_STRIDES, first=True)}
-    for index, name in enumerate(block_names(canonical)):
-        strides = model.stage_strides(*divmod(index, model.BLOCKS_PER_STAGE))
-        block = canonical[name]
-        layers[f"{name}/conv1"] = _conv_layer(block["conv1"], strides)
-        layers[f"{name}/conv2"] = _conv_layer(block["conv2"], 1)
-        if "proj_conv" in block:
-            layers[f"{name}/proj_conv"] = _conv_layer(block["proj_conv"], strides)
-    head = canonical["head"]
-    layers["head"] = LinearLayer(rules.dense_spec(nonnegative_input=True), False, head["kernel"], head["bias"])
-    return layers
+def node_kind(node) -> str | None:
+    """The composite kind of a node: 'conv', 'dense', 'sum', or None for a node no rule applies to."""
+    if isinstance(node, Conv):
+        return "conv"
+    if isinstance(node, Dense):
+        return "dense"
+    return "sum" if isinstance(node, _SUMS) else None
 
 
-def lrp_forward(canonical: dict, images: jax.Array, composite: composites_lib.Composite,
+def linear_spec(graph: graph_lib.Graph, node) -> rules.LayerSpec:
+    return rules.node_spec(node, node.inputs[0] in graph_facts(graph)[0])
+
+
+def node_rule(composite: composites_lib.Composite, graph: graph_lib.Graph, node) -> rules.Rule | None:
+    """The composite's rule for `node` (None: its gradient, or a node without a rule)."""
+    kind = node_kind(node)
+    return None if kind is None else composite.rule(kind, node.name, node.name in graph_facts(graph)[1])
+
+
+def linear_bias(node, params: dict, x: jax.Array) -> jax.Array:
+    return canonize_lib.input_bias(node, params, x) if isinstance(node, Conv) else params["bias"]
+
+
+def _lrp_node(node, rule, params, inputs, spec):
+    """The value of one node with its LRP backward pass."""
+    x = inputs[0]
+    stabilizer = (rule or rules.z_rule()).stabilizer  # of a sum or pool
+    if isinstance(node, graph_lib.LINEAR):
+        bias = linear_bias(node, params, x)
+        if rule is None:
+            return rules.linear(spec, x, params["kernel"], bias)
+        return rules.lrp_linear(spec, rule, x, params["kernel"], bias)
+    if isinstance(node, Relu):
+        return rules.relu_pass(x)
+    if isinstance(node, (Clip, LeakyRelu)):
+        return rules.pass_relevance(x, jax.lax.stop_gradient(graph_lib.parameter_free(node, inputs)))
+    if isinstance(node, Affine):
+        return rules.pass_relevance(x, jax.lax.stop_gradient(x * params["scale"] + params["shift"]))
+    if isinstance(node, Add):
+        return rules.lrp_add(stabilizer, *inputs)
+    if isinstance(node, GlobalAvgPool):
+        return rules.lrp_global_mean_pool(stabilizer, x)
+    if isinstance(node, AvgPool):
+        return rules.lrp_avg_pool(stabilizer, node, x)
+    return graph_lib.parameter_free(node, inputs)  # max pool: the winner; concat: split; flatten: reshaped
+
+
+def _gradient_node(node, params, inputs, spec):
+    """The value of one node with its ordinary gradient."""
+    if isinstance(node, graph_lib.LINEAR):
+        return rules.linear(spec, inputs[0], params["kernel"], linear_bias(node, params, inputs[0]))
+    if isinstance(node, Affine):
+        return inputs[0] * params["scale"] + params["shift"]
+    return graph_lib.parameter_free(node, inputs)
+
+
+def tapped(node) -> bool:
+    """Whether `lrp_forward` taps the node's inputs and output (the nodes of the relevance budget)."""
+    return isinstance(node, (*graph_lib.LINEAR, *_SUMS, MaxPool))
+
+
+def input_taps(node) -> list[str]:
+    """'<node>/in' for one input, '<node>/in0', '<node>/in1', ... for several."""
+    if len(node.inputs) == 1:
+        return [f"{node.name}/in"]
+    return [f"{node.name}/in{k}" for k in range(len(node.inputs))]
+
+
+def lrp_forward(canonical: canonize_lib.Canonical, images: jax.Array, composite: composites_lib.Composite,
                 probes: dict | None = None) -> tuple[jax.Array, dict]:
-    """The canonical network with the composite's layer functions.
+    """The canonical network with the composite's functions.
 
-    images: (n, h, w, 3) float32 in [0, 1]. Returns logits (n, 8) and the activations at every tap point
-    ('<layer>/in', '<layer>/out', '<block>/add/branch', '<block>/add/skip', '<block>/add/out', 'max_pool/…',
-    'global_pool/…'). `probes` (zeros shaped like those activations) are added at the tap points, so the
-    cotangent of a probe is the relevance passing that point.
+    images: (n, h, w, 3) float32 in [0, 1]. Returns the logits (n, outputs) and the activations at every tap point
+    ('<node>/in' (or '/in0', '/in1', ... for an addition) and '<node>/out' of every linear node, sum and pool).
+    `probes` (zeros shaped like those activations) are added at the tap points, so the cotangent of a probe is the
+    relevance passing that point.
     """
-    layers = linear_layers(canonical)
-    activations = {}
+    graph = canonical.graph
+    activations, values = {}, {INPUT: images}
 
     def tap(name, x):
         if probes is not None:
@@ -71,45 +135,32 @@ def lrp_forward(canonical: dict, images: jax.Array, composite: composites_lib.Co
         activations[name] = x
         return x
 
-    def linear(name, x):
-        layer = layers[name]
-        x = tap(f"{name}/in", x)
-        rule = composite.linear_rule(layer.spec.kind, layer.first)
-        if rule is None:
-            z = rules.linear(layer.spec, x, layer.kernel, layer.bias)
+    for node in graph.nodes:
+        inputs = [values[name] for name in node.inputs]
+        if tapped(node):
+            inputs = [tap(name, x) for name, x in zip(input_taps(node), inputs)]
+        params = canonical[node.name] if isinstance(node, (*graph_lib.LINEAR, Affine)) else None
+        spec = linear_spec(graph, node) if isinstance(node, graph_lib.LINEAR) else None
+        if composite.is_lrp:
+            value = _lrp_node(node, node_rule(composite, graph, node), params, inputs, spec)
         else:
-            z = rules.lrp_linear(layer.spec, rule, x, layer.kernel, layer.bias)
-        return tap(f"{name}/out", z)
-
-    if composite.is_lrp:
-        relu = rules.relu_pass
-        add = functools.partial(rules.lrp_add, composite.sum.stabilizer)
-        pool = functools.partial(rules.lrp_global_mean_pool, composite.sum.stabilizer)
-    else:
-        relu, add, pool = jax.nn.relu, jnp.add, rules.global_mean_pool
-
-    x = relu(linear("stem_conv", images))
-    x = tap("max_pool/out", model.max_pool(tap("max_pool/in", x)))
-    for name in block_names(canonical):
-        branch = linear(f"{name}/conv2", relu(linear(f"{name}/conv1", x)))
-        skip = linear(f"{name}/proj_conv", x) if f"{name}/proj_conv" in layers else x
-        total = add(tap(f"{name}/add/branch", branch), tap(f"{name}/add/skip", skip))
-        x = relu(tap(f"{name}/add/out", total))
-    pooled = tap("global_pool/out", pool(tap("global_pool/in", x)))
-    return linear("head", pooled), activations
+            value = _gradient_node(node, params, inputs, spec)
+        values[node.name] = tap(f"{node.name}/out", value) if tapped(node) else value
+    logits = values[graph.output]
+    return (logits if canonical.outputs is None else logits[:, list(canonical.outputs)]), activations
 
 
 def output_seeds(logits: jax.Array, composite: composites_lib.Composite) -> jax.Array:
-    """(8, n, 8): seed a is one-hot at AU a, times its logit for LRP composites."""
+    """(outputs, n, outputs): seed a is one-hot at output a, times its logit for LRP composites."""
     one_hot = jnp.eye(logits.shape[-1], dtype=logits.dtype)[:, None, :]
     if composite.relevance_seed == "logit":
         return one_hot * logits[None]
     return jnp.broadcast_to(one_hot, (logits.shape[-1],) + logits.shape)
 
 
-def explain_canonical(canonical: dict, images: jax.Array,
+def explain_canonical(canonical: canonize_lib.Canonical, images: jax.Array,
                       composite: composites_lib.Composite) -> tuple[jax.Array, jax.Array]:
-    """Logits (n, 8) and relevance (8, n, h, w, 3) of `images` for the canonical network; jittable."""
+    """Logits (n, outputs) and relevance (outputs, n, h, w, 3) of `images` for the canonical network; jittable."""
     logits, backward = jax.vjp(lambda x: lrp_forward(canonical, x, composite)[0], images)
     (relevance,) = jax.vmap(backward)(output_seeds(logits, composite))
     if composite.times_input:
@@ -117,41 +168,69 @@ def explain_canonical(canonical: dict, images: jax.Array,
     return logits, relevance
 
 
-@functools.lru_cache(maxsize=None)
-def make_explain_fn(composite: str = "paper", epsilon: float = composites_lib.DEFAULT_EPSILON):
-    """A jitted `fn(canonical, images) -> (logits (n, 8), relevance (8, n, h, w, 3))` for a named composite.
+def resolve_composite(composite, epsilon: float = composites_lib.DEFAULT_EPSILON) -> composites_lib.Composite:
+    """A `Composite` as given, or the preset of that name with ε = `epsilon`."""
+    if isinstance(composite, composites_lib.Composite):
+        return composite
+    return composites_lib.get_composite(composite, epsilon=epsilon)
 
-    `canonical` comes from `canonize(variables)` (fold BatchNorm once, outside the batch loop). Cached, so every
-    call with the same arguments returns the same compiled function.
+
+@functools.lru_cache(maxsize=None)
+def make_explain_fn(composite="paper", epsilon: float = composites_lib.DEFAULT_EPSILON):
+    """A jitted `fn(canonical, images) -> (logits (n, outputs), relevance (outputs, n, h, w, 3))` for a composite
+    (a preset name or a `Composite`).
+
+    `canonical` comes from `canonize(...)` (fold BatchNorm once, outside the batch loop). Cached, so every call
+    with the same arguments returns the same compiled function.
     """
-    resolved = composites_lib.get_composite(composite, epsilon=epsilon)
-    return jax.jit(functools.partial(explain_canonical, composite=resolved))
+    return jax.jit(functools.partial(explain_canonical, composite=resolve_composite(composite, epsilon)))
+
+
+def as_network(network, graph: graph_lib.Graph | None = None) -> graph_lib.ExplainableNetwork:
+    """An `ExplainableNetwork` from one, or from variables and their graph (None: recognised among aujax's
+    architectures, `aujax.model.graph_of_variables`)."""
+    if isinstance(network, graph_lib.ExplainableNetwork):
+        return network
+    if graph is None:
+        from aujax import model  # only here: the explain stage never needs the training module otherwise
+        graph = model.graph_of_variables(network)
+    return graph_lib.ExplainableNetwork(graph, network)
+
+
+def canonize(network, graph: graph_lib.Graph | None = None) -> canonize_lib.Canonical:
+    """The canonical network (see `aujax.lrp.canonize`) of an `ExplainableNetwork`, or of variables and their graph
+    (see `as_network`)."""
+    network = as_network(network, graph)
+    return canonize_lib.canonize(network.variables, network.graph, network.outputs)
 
 
 def _as_model_input(images) -> jax.Array:
     images = jnp.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or not jnp.issubdtype(images.dtype, jnp.floating):
-        raise ValueError(f"images of shape {images.shape} and dtype {images.dtype}: expected "
-                         f"(n, {facs.IMAGE_SIZE}, {facs.IMAGE_SIZE}, 3) float32 in [0, 1] (uint8 images / 255)")
+        raise ValueError(f"images of shape {images.shape} and dtype {images.dtype}: expected (n, h, w, 3) float32 "
+                         "in [0, 1] (uint8 images / 255), e.g. (n, 112, 112, 3) for aujax's models")
     return images.astype(jnp.float32)
 
 
-def explain_with_logits(variables: dict, images: jax.Array, composite: str = "paper",
-                        epsilon: float = composites_lib.DEFAULT_EPSILON) -> tuple[jax.Array, jax.Array]:
-    """Logits (n, 8) and relevance (8, n, 112, 112, 3) float32 from one forward pass, AU axis in `facs.AU_IDS` order.
+def explain_with_logits(network, images: jax.Array, composite="paper",
+                        epsilon: float = composites_lib.DEFAULT_EPSILON,
+                        graph: graph_lib.Graph | None = None) -> tuple[jax.Array, jax.Array]:
+    """Logits (n, outputs) and relevance (outputs, n, h, w, 3) float32 from one forward pass, outputs in the
+    network's order (for aujax's models: its AU order).
 
-    variables: {'params', 'batch_stats'} of `aujax.model.ResNet18`; images: (n, 112, 112, 3) float32 in [0, 1];
-    composite: one of `COMPOSITES`; epsilon: ε of the composite's ε-layers.
+    network: an `ExplainableNetwork`, or `{'params', 'batch_stats'}` (with `graph`, or of one of aujax's
+    architectures); images: (n, h, w, 3) float32 in [0, 1]; composite: a preset name (`COMPOSITES`) or a
+    `Composite`; epsilon: ε of a preset's ε-layers.
     """
-    return make_explain_fn(composite, epsilon)(canonize(variables), _as_model_input(images))
+    return make_explain_fn(composite, epsilon)(canonize(network, graph), _as_model_input(images))
 
 
-def explain(variables: dict, images: jax.Array, composite: str = "paper",
-            epsilon: float = composites_lib.DEFAULT_EPSILON) -> jax.Array:
-    """Relevance (8, n, 112, 112, 3) float32 of `images` for the 8 AU logits (see `explain_with_logits`)."""
-    return explain_with_logits(variables, images, composite, epsilon)[1]
+def explain(network, images: jax.Array, composite="paper", epsilon: float = composites_lib.DEFAULT_EPSILON,
+            graph: graph_lib.Graph | None = None) -> jax.Array:
+    """Relevance (outputs, n, h, w, 3) float32 of `images` (see `explain_with_logits`)."""
+    return explain_with_logits(network, images, composite, epsilon, graph)[1]
 
 
 def pixel_heatmaps(relevance):
-    """(8, n, h, w, 3) relevance -> (8, n, h, w) pixel heatmaps: the sum over colour channels."""
+    """(outputs, n, h, w, 3) relevance -> (outputs, n, h, w) pixel heatmaps: the sum over colour channels."""
     return relevance.sum(axis=-1)

@@ -28,6 +28,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from aujax import graph as graph_lib
+
 STABILIZER = 1e-6  # Zennit's default for every rule but ε, and for sums and pools
 Z_RULE_STABILIZER = 1e-12  # LRP-0: guards 0/0 only, far below float32 resolution of typical pre-activations
 RULE_NAMES = ("z", "epsilon", "zplus", "alpha_beta", "flat", "wsquare", "zbox", "gamma")
@@ -107,31 +109,42 @@ def gamma_rule(gamma: float = 0.25, stabilizer: float = STABILIZER) -> Rule:
 class LayerSpec(NamedTuple):
     """Static geometry of a linear layer.
 
-    kind: 'conv' (NHWC input, HWIO kernel, symmetric `padding`) or 'dense' ((..., in) @ (in, out)).
+    kind: 'conv' (NHWC input, HWIO kernel (kh, kw, c_in / groups, c_out); strides and dilation (h, w), padding
+        ((top, bottom), (left, right))) or 'dense' ((..., in) @ (in, out)).
     nonnegative_input: the layer's input is known to be >= 0 by the network's structure (it follows a ReLU);
         rule terms on the negative input part are then skipped, which keeps the backward pass lean.
     """
 
     kind: str
-    strides: int = 1
-    padding: int = 0
+    strides: tuple = (1, 1)
+    padding: tuple = ((0, 0), (0, 0))
     nonnegative_input: bool = False
+    dilation: tuple = (1, 1)
+    groups: int = 1
 
 
 def conv_spec(strides: int, padding: int, nonnegative_input: bool = False) -> LayerSpec:
-    return LayerSpec("conv", strides, padding, nonnegative_input)
+    """A square conv with symmetric padding."""
+    return LayerSpec("conv", (strides, strides), ((padding, padding), (padding, padding)), nonnegative_input)
 
 
 def dense_spec(nonnegative_input: bool = False) -> LayerSpec:
     return LayerSpec("dense", nonnegative_input=nonnegative_input)
 
 
+def node_spec(node, nonnegative_input: bool = False) -> LayerSpec:
+    """The spec of a `graph.Conv` or `graph.Dense` node."""
+    if isinstance(node, graph_lib.Dense):
+        return dense_spec(nonnegative_input)
+    return LayerSpec("conv", node.strides, node.padding, nonnegative_input, node.dilation, node.groups)
+
+
 def linear(spec: LayerSpec, x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
-    """The ordinary layer: conv (x (n, h, w, c_in), kernel (kh, kw, c_in, c_out)) or dense (x (..., in) @ (in, out))."""
+    """The ordinary layer: conv (x (n, h, w, c_in), kernel (kh, kw, c_in / groups, c_out)) or dense
+    (x (..., in) @ (in, out)); `bias` broadcasts against the output (a conv's may vary with the position)."""
     if spec.kind == "conv":
-        z = jax.lax.conv_general_dilated(x, kernel, (spec.strides, spec.strides),
-                                         ((spec.padding, spec.padding), (spec.padding, spec.padding)),
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        z = jax.lax.conv_general_dilated(x, kernel, spec.strides, spec.padding, rhs_dilation=spec.dilation,
+                                         feature_group_count=spec.groups, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     elif spec.kind == "dense":
         z = x @ kernel
     else:
@@ -256,7 +269,10 @@ def _transpose_ones(spec: LayerSpec, kernel: jax.Array, x: jax.Array, cotangent:
     Every input channel then receives the same sum, so this equals `_transpose(spec, ones_like(kernel), ...)` with
     1 / (c_in c_out) of its work. It also keeps XLA from compiling the transpose of a constant kernel into a generic
     convolution: for the stem (flat rule, 7x7/2, 3 input channels) that took half of the explain time on an H100.
+    A grouped conv takes the general transpose: there an input channel feeds only its group's outputs.
     """
+    if spec.groups != 1:
+        return _transpose(spec, jnp.ones_like(kernel), x, cotangent)
     summed = jnp.sum(cotangent, axis=-1, keepdims=True)
     one_channel = x[..., :1]
     ones = jnp.ones(kernel.shape[:-2] + (1, 1), kernel.dtype)
@@ -315,39 +331,48 @@ def relu_pass(x: jax.Array) -> jax.Array:
 relu_pass.defvjp(lambda x: (jax.nn.relu(x), None), lambda _, relevance: (relevance,))
 
 
+@jax.custom_vjp
+def pass_relevance(x: jax.Array, y: jax.Array) -> jax.Array:
+    """`y`, an element-wise function of `x` (ReLU6, leaky ReLU, a per-channel affine map), whose backward pass hands
+    the relevance of y to x unchanged (y's own cotangent is zero: pass it through `jax.lax.stop_gradient`)."""
+    return y
+
+
+pass_relevance.defvjp(lambda x, y: (y, None), lambda _, relevance: (relevance, jnp.zeros_like(relevance)))
+
+
+def _sum(terms):
+    return functools.reduce(jnp.add, terms)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def lrp_add(stabilizer: float, a: jax.Array, b: jax.Array) -> jax.Array:
-    """a + b; relevance is split in proportion to the summands (z-rule): R_a = a / stabilize(a + b) * R."""
-    return a + b
+def lrp_add(stabilizer: float, *terms: jax.Array) -> jax.Array:
+    """The sum of `terms`; relevance is split in proportion to the summands (z-rule): R_a = a / stabilize(sum) * R."""
+    return _sum(terms)
 
 
-def _lrp_add_fwd(stabilizer, a, b):
-    total = a + b
-    return total, (a, b, total)
+def _lrp_add_fwd(stabilizer, *terms):
+    total = _sum(terms)
+    return total, (terms, total)
 
 
 def _lrp_add_bwd(stabilizer, residuals, relevance):
-    a, b, total = residuals
+    terms, total = residuals
     scaled = relevance / stabilize(total, stabilizer)
-    return a * scaled, b * scaled
+    return tuple(term * scaled for term in terms)
 
 
 lrp_add.defvjp(_lrp_add_fwd, _lrp_add_bwd)
 
 
-def global_mean_pool(x: jax.Array) -> jax.Array:
-    """(..., h, w, c) -> (..., c): the mean over the spatial axes."""
-    return jnp.mean(x, axis=(-3, -2))
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def lrp_global_mean_pool(stabilizer: float, x: jax.Array) -> jax.Array:
-    """Global average pooling explained by the z-rule: R_j = (x_j / hw) / stabilize(mean) * R_c."""
-    return global_mean_pool(x)
+    """Global average pooling (n, h, w, c) -> (n, c) explained by the z-rule: R_j = (x_j / hw) / stabilize(mean) * R_c."""
+    return graph_lib.global_avg_pool(x)
 
 
 def _lrp_pool_fwd(stabilizer, x):
-    pooled = global_mean_pool(x)
+    pooled = graph_lib.global_avg_pool(x)
     return pooled, (x, pooled)
 
 
@@ -358,3 +383,24 @@ def _lrp_pool_bwd(stabilizer, residuals, relevance):
 
 
 lrp_global_mean_pool.defvjp(_lrp_pool_fwd, _lrp_pool_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def lrp_avg_pool(stabilizer: float, node: graph_lib.AvgPool, x: jax.Array) -> jax.Array:
+    """`graph.avg_pool` explained by the z-rule: R_j = sum_k x_j w_jk / stabilize(z_k) * R_k (w_jk: the weight of
+    input j in window k, 1 / the window's divisor)."""
+    return graph_lib.avg_pool(node, x)
+
+
+def _lrp_avg_pool_fwd(stabilizer, node, x):
+    pooled = graph_lib.avg_pool(node, x)
+    return pooled, (x, pooled)
+
+
+def _lrp_avg_pool_bwd(stabilizer, node, residuals, relevance):
+    x, pooled = residuals
+    (spread,) = jax.linear_transpose(lambda v: graph_lib.avg_pool(node, v), x)(relevance / stabilize(pooled, stabilizer))
+    return (x * spread,)
+
+
+lrp_avg_pool.defvjp(_lrp_avg_pool_fwd, _lrp_avg_pool_bwd)
