@@ -211,3 +211,78 @@ def randomized_variables(seed: int = 0, with_biases: bool = True, widths=LRP_WID
 def sample_images(n: int, seed: int = 1, size: int = 112) -> jax.Array:
     """(n, size, size, 3) float32 uniform in [0, 1]."""
     return jnp.asarray(np.random.default_rng(seed).uniform(0.0, 1.0, (n, size, size, 3)), jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ONNX: torchvision models with random weights and batch-norm statistics, exported as a user would export them
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TORCHVISION_ARCHITECTURES = ("resnet18", "resnet50", "vgg11_bn", "mobilenet_v2")
+
+
+def torchvision_model(name: str, num_outputs: int, seed: int = 0):
+    """torchvision's architecture `name` in eval mode with `num_outputs` outputs, random weights and random
+    BatchNorm statistics and affine parameters (each BN's statistics are first measured on noise images, so that
+    activations neither vanish nor explode through 50 layers, then scattered: folding them is exercised).
+
+    At 112x112 vgg11_bn's features are 3x3, which its AdaptiveAvgPool2d((7, 7)) would upsample and torch.onnx.export
+    refuses to export: its avgpool is AdaptiveAvgPool2d((3, 3)) there (the identity, exported as a 1x1 AveragePool)
+    and its first classifier layer reads 512 x 3 x 3 features. mobilenet_v2 has width_mult 0.25.
+    """
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    if name == "mobilenet_v2":
+        net = torchvision.models.mobilenet_v2(num_classes=num_outputs, width_mult=0.25)
+    else:
+        net = getattr(torchvision.models, name)(num_classes=num_outputs)
+    if name == "vgg11_bn":
+        net.avgpool = torch.nn.AdaptiveAvgPool2d((3, 3))
+        net.classifier[0] = torch.nn.Linear(512 * 3 * 3, net.classifier[0].out_features)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.momentum = 1.0  # the running statistics become those of the one calibration batch
+    net.train()
+    with torch.no_grad():
+        net(torch.rand(4, 3, 112, 112, generator=torch.Generator().manual_seed(seed)))
+        for norm in norms:
+            c = norm.num_features
+            norm.running_mean += 0.2 * torch.randn(c) * norm.running_var.sqrt()
+            norm.running_var *= torch.empty(c).uniform_(0.6, 1.6)
+            norm.weight.copy_(torch.empty(c).uniform_(0.6, 1.4))
+            norm.bias.copy_(0.1 * torch.randn(c))
+    return net.eval()
+
+
+def export_onnx(net, path, height: int = 112, width: int = 112, dynamic_batch: bool = True) -> str:
+    """`net` written to `path` by torch's TorchScript exporter (BatchNorm folded into the convolutions, as a user's
+    export does it), with a dynamic batch axis when `dynamic_batch`; returns the path."""
+    import torch
+
+    axes = {"images": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    torch.onnx.export(net, torch.rand(1, 3, height, width), str(path), dynamo=False, input_names=["images"],
+                      output_names=["logits"], dynamic_axes=axes)
+    return str(path)
+
+
+def imagenet_card(outputs: dict, **fields) -> dict:
+    """The model card of a torchvision model: NCHW RGB input of 112x112, ImageNet normalisation, sigmoid outputs;
+    `outputs` {AU id: output index}; `fields` replace any field."""
+    return {"input_size": [112, 112], "layout": "NCHW", "channel_order": "RGB", "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD), "outputs": {str(au): index for au, index in outputs.items()},
+            "output_activation": "sigmoid", **fields}
+
+
+def torch_logits(net, images, dtype=None) -> np.ndarray:
+    """`net`'s outputs for aujax images (n, h, w, 3) RGB in [0, 1], normalised as `imagenet_card` says (float64 with
+    `dtype=torch.float64`)."""
+    import torch
+
+    dtype = dtype or torch.float32
+    x = torch.from_numpy(np.ascontiguousarray(np.transpose(np.asarray(images), (0, 3, 1, 2)))).to(dtype)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=dtype).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return net.to(dtype)((x - mean) / std).numpy()
