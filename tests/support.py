@@ -213,6 +213,20 @@ def sample_images(n: int, seed: int = 1, size: int = 112) -> jax.Array:
     return jnp.asarray(np.random.default_rng(seed).uniform(0.0, 1.0, (n, size, size, 3)), jnp.float32)
 
 
+def write_video(path, frames, fps: float = 10.0) -> str:
+    """Write uint8 (H, W, 3) RGB `frames` as a video at `path` (MJPG in .avi, mp4v in .mp4) with OpenCV; its path."""
+    import cv2
+
+    height, width = frames[0].shape[:2]
+    codec = "mp4v" if str(path).endswith(".mp4") else "MJPG"
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
+    for frame in frames:
+        writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return str(path)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # ONNX: torchvision models with random weights and batch-norm statistics, exported as a user would export them
 

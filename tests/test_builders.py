@@ -6,8 +6,10 @@ the trees' own landmarks (landmarks="dataset"); the Actor Study build runs Media
 
 import csv
 import functools
+import logging
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -17,9 +19,15 @@ from PIL import Image  # noqa: E402
 
 from aujax import facs  # noqa: E402
 from aujax.data import builders, faces, layouts, preprocess  # noqa: E402
+from tests.support import write_video  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
-AU = {au: i for i, au in enumerate(facs.AU_IDS)}
+
+
+def at(records, au: int) -> int:
+    """The column of AU `au` in `records`' labels and intensity."""
+    return records.au_ids.index(au)
+
 SIDE = 160  # frame side in pixels: small for speed, large enough for MediaPipe
 
 
@@ -93,9 +101,12 @@ def test_ck_plus_builds_labelled_crops_and_reports_every_file(tmp_path):
                                      label_frames="last_fraction:0.5")
     kept = [f"cohn-kanade-images/S005/001/S005_001_0000000{i}.png" for i in (3, 4)]
     assert loaded.name == "ck_plus" and loaded.source.tolist() == kept and loaded.subject.tolist() == ["S005"] * 2
-    expected_labels = [1 if au in (4, 25) else 0 for au in facs.AU_IDS]
-    assert loaded.labels.tolist() == [expected_labels] * 2
-    assert loaded.intensity[:, AU[4]].tolist() == [3.0, 3.0] and loaded.intensity[:, AU[25]].tolist() == [0.0, 0.0]
+    assert loaded.au_ids == tuple(sorted(facs.PAIN_AUS + (12,)))  # every AU coded, AU12 too
+    expected_labels = [1 if au in (4, 25) else 0 for au in facs.PAIN_AUS]
+    assert loaded.with_aus(facs.PAIN_AUS).labels.tolist() == [expected_labels] * 2
+    assert loaded.labels[:, at(loaded, 12)].tolist() == [1, 1]
+    assert loaded.intensity[:, at(loaded, 4)].tolist() == [3.0, 3.0]
+    assert loaded.intensity[:, at(loaded, 25)].tolist() == [0.0, 0.0]
     # the crops are exactly faces.crop_around_landmarks of the frames around their own landmarks
     image = faces.read_image(str(root / kept[0]))
     crop, crop_landmarks = faces.crop_around_landmarks(image, face_points() + 3, 0.25)
@@ -127,7 +138,8 @@ def test_ck_plus_options_build_side_by_side_and_a_rebuild_replaces(tmp_path):
     assert len(preprocess.load_records("ck_plus", data_dir, landmarks="dataset", label_frames="peak")) == 1
     every = preprocess.load_records("ck_plus", data_dir, landmarks="dataset", label_frames="all", pain_only=False)
     assert len(every) == 3 + 1  # S005 frames 2-4 and S010 frame 2: all but each sequence's first
-    assert every.labels[every.subject == "S010"].sum() == 0
+    s010 = every.subject == "S010"
+    assert every.with_aus(facs.PAIN_AUS).labels[s010].sum() == 0 and every.labels[s010, at(every, 12)].tolist() == [1]
     with pytest.raises(ValueError, match=r"not built .* built there: \['dataset.all.margin0.25.all', "
                                          r"'dataset.pain.margin0.25.peak'\]"):
         preprocess.load_records("ck_plus", data_dir)
@@ -135,7 +147,7 @@ def test_ck_plus_options_build_side_by_side_and_a_rebuild_replaces(tmp_path):
     write(root / "FACS/S005/001/S005_001_00000004_facs.txt", facs_text((6, 2)))
     build("ck_plus", root, tmp_path, landmarks="dataset", label_frames="peak")
     rebuilt = preprocess.load_records("ck_plus", data_dir, landmarks="dataset", label_frames="peak")
-    assert rebuilt.labels.tolist() == [[1 if au == 6 else 0 for au in facs.AU_IDS]]
+    assert rebuilt.au_ids == facs.PAIN_AUS and rebuilt.labels.tolist() == [[1 if au == 6 else 0 for au in facs.PAIN_AUS]]
 
 
 def test_missing_or_wrongly_laid_out_manual_dir_shows_the_expected_tree(tmp_path):
@@ -165,7 +177,9 @@ def test_unbc_keeps_pspi_and_completes_the_66_aam_points(tmp_path):
     loaded = preprocess.load_records("unbc_mcmaster", str(tmp_path / "data"))  # its only build
     assert loaded.source.tolist() == [f"Images/{seq}/ll042t1aaaff00{i}.png" for i in (1, 3)]
     assert loaded.subject.tolist() == ["042-ll042"] * 2
-    assert loaded.labels[0].tolist() == [1, 1, 0, 0, 0, 0, 0, 0] and loaded.labels[1, AU[10]] == 1
+    assert loaded.au_ids == tuple(sorted(facs.PAIN_AUS + (43,)))
+    assert loaded.with_aus(facs.PAIN_AUS).labels[0].tolist() == [1, 1, 0, 0, 0, 0, 0, 0]
+    assert loaded.labels[1, at(loaded, 10)] == 1 and loaded.labels[0, at(loaded, 43)] == 1
     np.testing.assert_allclose(loaded.landmarks[:, 60], loaded.landmarks[:, 48])
     np.testing.assert_allclose(loaded.landmarks[:, 64], loaded.landmarks[:, 54])
     assert rows[f"Images/{seq}/ll042t1aaaff002.png"]["reason"] == "no_pain_au"
@@ -173,6 +187,63 @@ def test_unbc_keeps_pspi_and_completes_the_66_aam_points(tmp_path):
             split="train")
     assert sorted(float(example["pspi"]) for example in source) == [1.0, 5.0]
     assert report.other_aus == {43: 1}
+
+
+def test_preprocessing_logs_its_cropping_progress_with_rate(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="absl")
+    build("ck_plus", ck_tree(tmp_path / "ck"), tmp_path, landmarks="dataset")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("preprocess ck_plus: cropping")]
+    assert len(lines) == 1 and re.fullmatch(r"preprocess ck_plus: cropping: 2/2 faces \(100%\), [\d.]+ faces/s, "
+                                             r"done in \d+s", lines[0]), lines
+
+
+# --- DISFA and BP4D (MediaPipe crops) -----------------------------------------------------------------------------
+
+def test_disfa_builds_the_labelled_frames_of_its_videos_with_intensities(tmp_path):
+    root = tmp_path / "disfa"
+    face = np.asarray(astronaut())
+    write_video(root / "Videos_LeftCamera/LeftVideoSN001_comp.avi", [face, np.roll(face, 3, axis=1),
+                                                                     np.full_like(face, 128)])
+    for au in facs.AU_SETS["disfa"]:  # frame 4 is labelled but the video has 3 frames
+        values = {12: "0 3 1 5", 25: "2 0 0 0"}.get(au, "0 0 0 0").split()
+        write(root / f"ActionUnit_Labels/SN001/SN001_au{au}.txt",
+              "".join(f"{frame},{v}\n" for frame, v in enumerate(values, start=1)))
+    report, rows = build("disfa", root, tmp_path)
+    loaded = preprocess.load_records("disfa", str(tmp_path / "data"))
+    video = "Videos_LeftCamera/LeftVideoSN001_comp.avi"
+    assert loaded.au_ids == facs.AU_SETS["disfa"] and loaded.source.tolist() == [f"{video}#0000{i}" for i in (1, 2)]
+    assert loaded.labels[:, at(loaded, 12)].tolist() == [0, 1] and loaded.labels[:, at(loaded, 25)].tolist() == [1, 0]
+    assert loaded.intensity[:, at(loaded, 12)].tolist() == [0.0, 3.0] and loaded.blendshapes is not None
+    assert rows[f"{video}#00003"]["reason"] == "no_face"
+    assert rows[f"{video}#00004"]["reason"] == "unreadable" and "ends after 3 frames" in rows[f"{video}#00004"]["message"]
+    assert report.au_ids == facs.AU_SETS["disfa"] and "AU columns stored: 1, 2, 4, 5, 6, 9, 12" in report.summary()
+    np.testing.assert_allclose(np.asarray(loaded.image[1], float).mean(), np.asarray(loaded.image[0], float).mean(),
+                               atol=3)  # the same face, moved: a real crop of each frame
+    lenient = builders.make_config("disfa", positive_intensity=1)
+    assert lenient.name != builders.make_config("disfa").name and lenient.name.endswith("pos1")
+
+
+def test_bp4d_builds_the_coded_frames_with_every_coded_au(tmp_path):
+    root = tmp_path / "bp4d"
+    save(astronaut(), root / "2D+3D/F001/T1/0001.jpg")
+    save(astronaut().transpose(Image.Transpose.FLIP_LEFT_RIGHT), root / "2D+3D/F001/T1/0002.jpg")
+    write(root / "AUCoding/AU_OCC/F001_T1.csv", "0,1,2,12,99\n1,0,1,1,9\n2,1,0,0,9\n")
+    report, rows = build("bp4d", root, tmp_path, workers=1)
+    loaded = preprocess.load_records("bp4d", str(tmp_path / "data"))
+    assert loaded.au_ids == (1, 2, 12) and loaded.labels.tolist() == [[0, 1, 1], [1, 0, 0]]
+    assert loaded.subject.tolist() == ["F001", "F001"] and report.num_examples == 2
+    with pytest.raises(ValueError, match="landmarks='dataset': this dataset's landmarks are not read"):
+        builders.make_config("bp4d", landmarks="dataset")
+    assert builders.make_config("bp4d", aus="AU12,1").aus == (1, 12)
+
+
+@pytest.mark.parametrize("dataset, lacks", [("disfa", "lacks ActionUnit_Labels, Videos_LeftCamera"),
+                                            ("bp4d", "lacks AUCoding/AU_OCC, 2D+3D")])
+def test_a_frame_dataset_in_another_layout_is_refused_with_its_expected_tree(tmp_path, dataset, lacks):
+    save(astronaut(), tmp_path / "flat" / "SN001_0001.png")
+    with pytest.raises(layouts.LayoutError, match=re.escape(lacks)) as error:
+        build(dataset, tmp_path / "flat", tmp_path)
+    assert layouts.EXPECTED_TREES[dataset] in str(error.value) and "It holds: SN001_0001.png" in str(error.value)
 
 
 # --- Actor Study manifest, MediaPipe and bad input ----------------------------------------------------------------
@@ -236,7 +307,7 @@ def test_actor_study_with_mediapipe_reports_bad_input_and_excludes_participant_1
 
     loaded = preprocess.load_records("actor_study", str(tmp_path / "data"))
     assert loaded.name == "actor_study" and len(loaded) == 4 and set(loaded.subject) == {"1"}
-    assert loaded.labels[:, [AU[4], AU[25]]].all() and loaded.labels.sum() == 8
+    assert loaded.labels[:, [at(loaded, 4), at(loaded, 25)]].all() and loaded.labels.sum() == 8
     assert np.all((loaded.landmarks >= 0) & (loaded.landmarks < facs.IMAGE_SIZE))
     assert np.asarray(loaded.image).std() > 10  # real crops, not blank
 
@@ -266,7 +337,7 @@ def test_a_latin1_manifest_builds_with_the_encoding_option_and_is_refused_withou
     assert rows["J\u00fcrgen.png"]["status"] == "ok" and report.num_examples == 1
     assert report.config_name == builders.make_config("manifest", landmarks="dataset").name  # a build-only option
     loaded = preprocess.load_records("manifest", str(tmp_path / "data"), landmarks="dataset")
-    assert loaded.source.tolist() == ["J\u00fcrgen.png"] and loaded.intensity[0, AU[4]] == 3.0
+    assert loaded.source.tolist() == ["J\u00fcrgen.png"] and loaded.intensity[0, at(loaded, 4)] == 3.0
     with pytest.raises(ValueError, match="encoding='klingon': not a text encoding"):
         builders.make_config("manifest", encoding="klingon")
 
@@ -274,8 +345,7 @@ def test_a_latin1_manifest_builds_with_the_encoding_option_and_is_refused_withou
 def test_a_built_dataset_holding_a_label_that_is_not_0_or_1_is_refused_when_read(tmp_path, monkeypatch):
     save(astronaut(), tmp_path / "m/a.png")
     write(tmp_path / "m/manifest.csv", one_face_manifest("a.png"))
-    monkeypatch.setattr(layouts, "labels_from_codes", lambda codes: (np.full(facs.NUM_AUS, 2, np.uint8),
-                                                                     np.zeros(facs.NUM_AUS, np.float32)))
+    monkeypatch.setattr(layouts.FaceFile, "labels", lambda face, au_ids: np.full(len(au_ids), 2, np.uint8))
     build("manifest", tmp_path / "m", tmp_path, landmarks="dataset")
     with pytest.raises(ValueError, match=r"^manifest \(.*/manifest/.*\): labels: row 0 \(source a\.png\) holds 2 "
                                          r"\(AU4\); labels must be 0 or 1$"):
@@ -315,6 +385,8 @@ def test_options_as_the_command_line_gives_them_are_taken():
 DOCUMENTED_VARIANTS = {  # the first: the default config
         "ck_plus": ({}, {"landmarks": "dataset"}, {"label_frames": "all"}),
         "unbc_mcmaster": ({}, {"landmarks": "dataset"}),
+        "disfa": ({}, {"positive_intensity": 1.0}, {"frame_step": 5}),
+        "bp4d": ({}, {"aus": facs.AU_SETS["bp4d"]}),
         "manifest": ({}, {"landmarks": "dataset"}),
         "actor_study": ({}, {"landmarks": "dataset"}),
         "synthetic_faces": ({},),
@@ -335,11 +407,12 @@ def test_tfds_finds_each_builder_with_its_documented_variants(tmp_path, dataset)
 
 
 def test_real_dataset_builders_cite_their_paper_and_show_their_layout():
-    for builder_class in (builders.CkPlus, builders.UnbcMcmaster):
-        assert builder_class.HOMEPAGE.startswith("https://") and "@inproceedings{" in builder_class.CITATION
+    for builder_class in (builders.CkPlus, builders.UnbcMcmaster, builders.Disfa, builders.Bp4d):
+        assert builder_class.HOMEPAGE.startswith("http") and "@" in builder_class.CITATION
     assert "Lucey" in builders.CkPlus.CITATION and "UNBC-McMaster" in builders.UnbcMcmaster.CITATION
+    assert "Mavadati" in builders.Disfa.CITATION and "BP4D-Spontaneous" in builders.Bp4d.CITATION
     assert "@inproceedings{" in builders.ActorStudy.CITATION
-    for dataset in ("ck_plus", "unbc_mcmaster", "manifest", "actor_study"):
+    for dataset in ("ck_plus", "unbc_mcmaster", "disfa", "bp4d", "manifest", "actor_study"):
         layout = "manifest" if dataset == "actor_study" else dataset
         assert layouts.EXPECTED_TREES[layout] in builders.BUILDERS[dataset].MANUAL_DOWNLOAD_INSTRUCTIONS
 

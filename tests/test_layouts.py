@@ -1,4 +1,5 @@
-"""Tests of aujax.data.layouts: parsing the CK+, UNBC-McMaster and manifest layouts (no image is read here)."""
+"""Tests of aujax.data.layouts: parsing the CK+, UNBC-McMaster, DISFA, BP4D and manifest layouts (no image or video is
+read here)."""
 
 import math
 import os
@@ -8,8 +9,6 @@ import pytest
 
 from aujax import facs
 from aujax.data import layouts
-
-AU = {au: i for i, au in enumerate(facs.AU_IDS)}
 
 
 def write(path, text=""):
@@ -98,11 +97,11 @@ def test_aam66_to_ibug68_puts_inner_mouth_corners_on_outer_ones():
     np.testing.assert_array_equal(points68[65:68], points66[63:66])
 
 
-def test_labels_from_codes_ignores_other_aus_and_keeps_unknown_intensity_as_present():
-    labels, intensity = layouts.labels_from_codes({4: 3.0, 25: 0.0, 12: 2.0})
+def test_a_coded_face_has_its_listed_aus_present_in_any_column_order_and_unknown_intensity_as_0():
+    face = layouts.FaceFile.coded("p", "s", "1", {4: 3.0, 25: 0.0, 12: 2.0})
+    labels, intensity = face.labels((25, 1, 4, 12)), face.intensities((25, 1, 4, 12))
     assert labels.dtype == np.uint8 and intensity.dtype == np.float32
-    assert labels.tolist() == [1 if au in (4, 25) else 0 for au in facs.AU_IDS]
-    assert intensity[AU[4]] == 3.0 and intensity[AU[25]] == 0.0
+    assert labels.tolist() == [1, 0, 1, 1] and intensity.tolist() == [0.0, 0.0, 3.0, 2.0]
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -146,8 +145,7 @@ def test_ck_plus_labels_the_last_frames_from_the_peak_code(tmp_path):
     s005 = [f"cohn-kanade-images/S005/001/S005_001_{i:08d}.png" for i in range(1, 7)]
     assert sorted(faces) == s005[4:]  # ceil(0.33 * 6) = 2 frames
     for face in faces.values():
-        assert face.subject == "S005" and face.labels[AU[4]] == 1 and face.labels[AU[25]] == 1
-        assert face.labels.sum() == 2 and face.intensity[AU[4]] == 3.0
+        assert face.subject == "S005" and face.present == {4, 25, 12, 999} and face.intensity[4] == 3.0
         assert face.path == os.path.join(tmp_path, face.source) and face.landmarks is None
     assert faces[s005[5]].extras == {"peak": True} and faces[s005[4]].extras == {"peak": False}
     found = issues(scan)
@@ -158,6 +156,7 @@ def test_ck_plus_labels_the_last_frames_from_the_peak_code(tmp_path):
     malformed = found["FACS/S005/001/S005_001_00000006_facs.txt", "malformed_facs_line"]
     assert malformed.status == "warning" and "line 5" in malformed.message
     assert scan.other_aus == {12: 2, 999: 1}
+    assert scan.au_ids == tuple(sorted(facs.PAIN_AUS + (12, 999)))  # every AU coded, not only the pain AUs
     assert len(scan.faces) + len(scan.issues) == 10 + 2  # every image and every problem label file, once
 
 
@@ -168,7 +167,7 @@ def test_ck_plus_label_frames_options_and_keeping_all(tmp_path):
     every = layouts.scan_ck_plus(root, "all", pain_only=False)
     assert len(every.faces) == 5 + 1  # all but each sequence's first frame
     s010 = by_source(every)["cohn-kanade-images/S010/002/S010_002_00000002.png"]
-    assert not s010.labels.any()
+    assert s010.present == {12} and not s010.labels(facs.PAIN_AUS).any() and s010.labels(every.au_ids).sum() == 1
 
 
 def test_ck_plus_dataset_landmarks_are_attached_or_the_frame_is_skipped(tmp_path):
@@ -220,7 +219,7 @@ def test_unbc_labels_per_frame_and_keeps_pspi(tmp_path):
     first, fourth = (f"Images/042-ll042/ll042t1aaaff/ll042t1aaaff00{i}.png" for i in (1, 4))
     assert sorted(faces) == [first, fourth]
     assert faces[first].subject == "042-ll042" and faces[first].extras == {"pspi": 6.0}
-    assert faces[first].labels.tolist() == [1, 1, 0, 0, 0, 0, 0, 0] and faces[first].intensity[AU[6]] == 3.0
+    assert faces[first].present == {4, 6, 43} and faces[first].intensity[6] == 3.0
     assert math.isnan(faces[fourth].extras["pspi"]) and faces[fourth].notes[0][0] == "no_pspi"
     assert faces[first].landmarks.shape == (68, 2)
     np.testing.assert_array_equal(faces[first].landmarks[60], faces[first].landmarks[48])
@@ -228,7 +227,99 @@ def test_unbc_labels_per_frame_and_keeps_pspi(tmp_path):
     assert found["Images/042-ll042/ll042t1aaaff/ll042t1aaaff002.png", "no_pain_au"].status == "filtered"
     assert found["Images/042-ll042/ll042t1aaaff/ll042t1aaaff003.png", "no_facs"].status == "skipped"
     assert ("Frame_Labels/FACS/042-ll042/ll042t1aaaff/ll042t1aaaff099_facs.txt", "facs_without_image") in found
-    assert scan.other_aus == {43: 1}
+    assert scan.other_aus == {43: 1} and scan.au_ids == tuple(sorted(facs.PAIN_AUS + (43,)))
+
+
+# --- DISFA --------------------------------------------------------------------------------------------------------
+
+DISFA_AUS = facs.AU_SETS["disfa"]
+
+
+def disfa_tree(root):
+    """SN001: 4 labelled frames (AU12 at 0, 1, 2, 5; AU4 at 3 in frame 1), a malformed line and a frame 6 that only AU1
+    codes; SN002: labels, no video; SN003: a video, no labels."""
+    for au in DISFA_AUS:
+        values = {12: (0, 1, 2, 5), 4: (3, 0, 0, 0)}.get(au, (0, 0, 0, 0))
+        lines = "".join(f"{frame},{value}\n" for frame, value in enumerate(values, start=1))
+        if au == 1:
+            lines += "5,x\n6,1\n"
+        write(root / f"ActionUnit_Labels/SN001/SN001_au{au}.txt", lines)
+        write(root / f"ActionUnit_Labels/SN002/SN002_au{au}.txt", "1,0\n")
+    write(root / "Videos_LeftCamera/LeftVideoSN001_comp.avi", "placeholder")
+    write(root / "Videos_LeftCamera/LeftVideoSN003_comp.avi", "placeholder")
+    return root
+
+
+def test_disfa_labels_the_frames_of_each_video_from_its_intensity_files(tmp_path):
+    scan = layouts.scan_disfa(str(disfa_tree(tmp_path)))
+    video = "Videos_LeftCamera/LeftVideoSN001_comp.avi"
+    faces = by_source(scan)
+    assert scan.au_ids == DISFA_AUS and sorted(faces) == [f"{video}#{i:05d}" for i in range(1, 5)]
+    frames = [faces[f"{video}#{i:05d}"] for i in range(1, 5)]
+    assert [f.frame for f in frames] == [0, 1, 2, 3] and {f.path for f in frames} == {str(tmp_path / video)}
+    assert [f.present for f in frames] == [{4}, set(), {12}, {12}]  # present at intensity >= 2
+    assert [f.intensities((12, 4)).tolist() for f in frames] == [[0, 3], [1, 0], [2, 0], [5, 0]]
+    assert frames[0].subject == "SN001" and scan.other_aus == {12: 2}
+    found = issues(scan)
+    assert "line 5" in found["ActionUnit_Labels/SN001/SN001_au1.txt", "malformed_au_line"].message
+    assert "1 frames (first 6)" in found[video, "incomplete_labels"].message
+    assert found["Videos_LeftCamera/LeftVideoSN002_comp.avi", "no_video"].status == "skipped"
+    assert found["Videos_LeftCamera/LeftVideoSN003_comp.avi", "video_without_labels"].status == "skipped"
+
+
+def test_disfa_positive_intensity_frame_step_and_pain_only(tmp_path):
+    root = str(disfa_tree(tmp_path))
+    lenient = layouts.scan_disfa(root, positive_intensity=1.0)
+    assert [f.present for f in lenient.faces] == [{4}, {12}, {12}, {12}]
+    sampled = layouts.scan_disfa(root, frame_step=3)
+    assert [f.frame for f in sampled.faces] == [0, 3]
+    assert "1 in 3 labelled frames kept (2 of 4)" in issues(sampled, "filtered")[
+        "Videos_LeftCamera/LeftVideoSN001_comp.avi", "frame_step"].message
+    pain = layouts.scan_disfa(root, pain_only=True)
+    assert [f.frame for f in pain.faces] == [0]
+    for bad in (dict(frame_step=0), dict(positive_intensity=0), dict(positive_intensity=6)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            layouts.scan_disfa(root, **bad)
+
+
+# --- BP4D ---------------------------------------------------------------------------------------------------------
+
+def bp4d_tree(root, frames_dir="2D+3D"):
+    """F001/T1: frames 1-3 and 5 as images (any zero padding), coded 1-4 (frame 3 AU1 not coded, frame 4 no image);
+    AU99 never coded; F002/T2: coding, no frames; M001/T1: frames, no coding."""
+    write(root / "AUCoding/AU_OCC/F001_T1.csv", "0,1,2,4,12,99\n1,0,1,0,1,9\n2,1,0,0,0,9\n3,9,0,0,0,9\n"
+                                                "4,0,0,0,1,9\nx,1\n")
+    write(root / "AUCoding/AU_OCC/F002_T2.csv", "0,1,2,4,12,99\n1,0,0,0,0,9\n")
+    for name in ("001.jpg", "002.jpg", "0003.jpg", "005.jpg"):
+        write(root / f"{frames_dir}/F001/T1/{name}", "placeholder")
+    write(root / f"{frames_dir}/M001/T1/001.jpg", "placeholder")
+    return root
+
+
+@pytest.mark.parametrize("frames_dir", layouts.BP4D_FRAME_DIRS)
+def test_bp4d_labels_the_coded_frames_of_each_task(tmp_path, frames_dir):
+    scan = layouts.scan_bp4d(str(bp4d_tree(tmp_path, frames_dir)))
+    faces = by_source(scan)
+    assert scan.au_ids == (1, 2, 4, 12)  # AU99 is never coded 0 or 1
+    assert sorted(faces) == [f"{frames_dir}/F001/T1/001.jpg", f"{frames_dir}/F001/T1/002.jpg"]
+    first, second = faces[f"{frames_dir}/F001/T1/001.jpg"], faces[f"{frames_dir}/F001/T1/002.jpg"]
+    assert first.present == {2, 12} and second.present == {1} and first.subject == "F001" and first.intensity == {}
+    found = issues(scan)
+    assert "AU [1] not coded (9)" in found[f"{frames_dir}/F001/T1/0003.jpg", "au_not_coded"].message
+    assert found["AUCoding/AU_OCC/F001_T1.csv#4", "no_image"].status == "skipped"
+    assert "1 frames have no row" in found[f"{frames_dir}/F001/T1/", "uncoded_frames"].message
+    assert "line 6" in found["AUCoding/AU_OCC/F001_T1.csv", "malformed_au_coding_row"].message
+    assert found["AUCoding/AU_OCC/F002_T2.csv", "no_frames"].status == "skipped"
+    assert found[f"{frames_dir}/M001/T1/", "no_au_coding"].status == "skipped"
+
+
+def test_bp4d_aus_option_chooses_the_columns_and_skips_frames_they_do_not_code(tmp_path):
+    scan = layouts.scan_bp4d(str(bp4d_tree(tmp_path)), aus=(12, 2))
+    assert scan.au_ids == (2, 12) and len(scan.faces) == 3  # frame 3 is coded for AUs 2 and 12
+    (column,) = [i for i in layouts.scan_bp4d(str(tmp_path), aus=(99,)).issues if i.reason == "au_not_coded"][:1]
+    assert "AU [99] not coded" in column.message
+    missing = issues(layouts.scan_bp4d(str(tmp_path), aus=(17,)))
+    assert "no column for AU [17]" in missing["AUCoding/AU_OCC/F001_T1.csv", "missing_au_columns"].message
 
 
 # --- manifests ----------------------------------------------------------------------------------------------------
@@ -259,7 +350,7 @@ def test_manifest_rows_become_faces_or_clear_issues(tmp_path):
     root = manifest_tree(tmp_path / "root", tmp_path / "outside")
     scan = layouts.scan_manifest(str(root), exclude_subjects=["16"], pain_only=True)
     (face,) = scan.faces
-    assert face.source == "images/p01/a.png" and face.subject == "1" and face.labels[AU[4]] == 1
+    assert face.source == "images/p01/a.png" and face.subject == "1" and 4 in face.present
     found = issues(scan)
     assert found["images/p16/b.png", "excluded_subject"].status == "filtered"
     assert found["images/p02/c.png", "no_pain_au"].status == "filtered"
@@ -279,7 +370,8 @@ def test_manifest_landmarks_and_missing_columns(tmp_path):
     write(tmp_path / "m.csv", f"{header}\nx.png,7,2,{coords}\n")
     scan = layouts.scan_manifest(str(tmp_path), "m.csv", dataset_landmarks=True)
     (face,) = scan.faces
-    assert face.landmarks[5].tolist() == [5.0, 6.0] and face.intensity[AU[4]] == 2.0
+    assert face.landmarks[5].tolist() == [5.0, 6.0] and face.intensity == {4: 2.0}
+    assert scan.au_ids == facs.PAIN_AUS
     assert issues(scan)["m.csv", "missing_au_columns"].status == "warning"
     write(tmp_path / "partial.csv", "image,subject,AU4,x0,y0\nx.png,7,1,1,2\n")
     with pytest.raises(layouts.LayoutError, match=r"partial.csv: missing columns x1, y1"):
@@ -317,6 +409,7 @@ def test_missing_manual_dir_shows_the_expected_tree(tmp_path):
 
 
 @pytest.mark.parametrize("dataset, scan", [("ck_plus", layouts.scan_ck_plus), ("unbc_mcmaster", layouts.scan_unbc),
+                                           ("disfa", layouts.scan_disfa), ("bp4d", layouts.scan_bp4d),
                                            ("manifest", layouts.scan_manifest)])
 def test_wrongly_laid_out_manual_dir_says_what_is_there_and_what_is_expected(tmp_path, dataset, scan):
     write(tmp_path / "CK+" / "cohn-kanade-images" / "x.png", "placeholder")
@@ -340,3 +433,18 @@ def test_resolve_inside_accepts_plain_relative_paths(tmp_path):
     for bad in ("/etc/passwd", "a/../../b.png", "C:\\x.png", ""):
         with pytest.raises(ValueError):
             layouts.resolve_inside(str(tmp_path), bad)
+
+
+@pytest.mark.parametrize("dataset, scan, tree, problem", [
+        ("disfa", layouts.scan_disfa, ("ActionUnit_Labels/SN001/au1.txt", "Videos_LeftCamera/a.avi"),
+         "no ActionUnit_Labels/SNxxx/SNxxx_au<N>.txt files"),
+        ("bp4d", layouts.scan_bp4d, ("AUCoding/AU_OCC/F001.csv", "2D+3D/F001/T1/001.jpg"),
+         "no AUCoding/AU_OCC/<subject>_<task>.csv files"),
+        ("bp4d", layouts.scan_bp4d, ("AUCoding/AU_OCC/F001_T1.csv", "2D+3D/F001/001.jpg"),
+         "no frames found at the expected depth under 2D+3D/")])
+def test_frame_datasets_without_their_label_files_show_the_expected_tree(tmp_path, dataset, scan, tree, problem):
+    for path in tree:
+        write(tmp_path / path, "0,1\n")
+    with pytest.raises(layouts.LayoutError) as error:
+        scan(str(tmp_path))
+    assert problem in str(error.value) and layouts.EXPECTED_TREES[dataset] in str(error.value)

@@ -4,8 +4,8 @@ Every builder writes one 'train' split whose examples are
 
   image      uint8   (112, 112, 3)  RGB face crop
   landmarks  float32 (68, 2)        (x, y) pixels in the crop, iBUG-68 order
-  labels     uint8   (8,)           binary AU labels, `facs.AU_IDS` order
-  intensity  float32 (8,)           FACS intensity 1-5, 0 where unknown or absent
+  labels     uint8   (k,)           binary AU labels, in the order of the build's `au_ids`
+  intensity  float32 (k,)           FACS intensity 0-5 (present AUs 1-5 or 0 where unknown; DISFA every AU's)
   subject    text                   subject id
   source     text                   image path relative to the manual directory (or the generator's key)
 
@@ -15,8 +15,13 @@ blendshape scores of the face, `blendshapes.BLENDSHAPE_NAMES` order. Builds with
 synthetic_faces have no `blendshapes` feature (MediaPipe did not run), and neither have builds made before the
 feature existed: `preprocess.load_records` tells them apart by the feature's presence, not by the values.
 
-Builders (`BUILDERS`): ck_plus, unbc_mcmaster, manifest, actor_study (a manifest without participant 16),
-synthetic_faces (the embedded generator). Data lands in `<data_dir>/<name>/<config name>/1.0.0/`; the config name
+The k AUs of the label and intensity columns are every AU the dataset codes (`layouts.Scan.au_ids`, ascending), not
+only the 8 pain AUs; the build's metadata (`info.metadata["au_ids"]`, metadata.json) lists them, and training picks
+its `config.aus` from them. Builds made before the metadata existed hold the 8 pain AUs (`facs.PAIN_AUS`).
+
+Builders (`BUILDERS`): ck_plus, unbc_mcmaster, disfa (frames of the left-camera videos, decoded with OpenCV, cropped
+in one process), bp4d, manifest, actor_study (a manifest without participant 16), synthetic_faces (the embedded
+generator). Data lands in `<data_dir>/<name>/<config name>/1.0.0/`; the config name
 spells out the options that shape the data, so differently built variants live side by side.
 
 Importing this module registers the builders with TFDS (`import aujax` does not, to stay light), so that
@@ -38,6 +43,7 @@ Only this module and `preprocess` import tensorflow_datasets; training reads `Fa
 
 import codecs
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -51,19 +57,23 @@ from etils import epath
 
 from aujax import facs
 from aujax.data import blendshapes, layouts
+from aujax.progress import Progress
 
 VERSION = "1.0.0"
 _BUILD_ONLY_OPTIONS = ("workers", "encoding")  # how a dataset is built, not what it holds: not in the config name
 BLENDSHAPE_FEATURE = "blendshapes"  # present only in builds whose faces MediaPipe found (FaceConfig.has_blendshapes)
 
 
+AU_IDS_METADATA = "au_ids"  # the build's AU columns, in info.metadata
+
+
 def _features(extras: dict[str, Any]) -> tfds.features.FeaturesDict:
-    size, n = facs.IMAGE_SIZE, facs.NUM_AUS
+    size = facs.IMAGE_SIZE
     return tfds.features.FeaturesDict({
             "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8),
             "landmarks": tfds.features.Tensor(shape=(facs.NUM_LANDMARKS, 2), dtype=np.float32),
-            "labels": tfds.features.Tensor(shape=(n,), dtype=np.uint8),
-            "intensity": tfds.features.Tensor(shape=(n,), dtype=np.float32),
+            "labels": tfds.features.Tensor(shape=(None,), dtype=np.uint8),  # one per AU of the metadata's au_ids
+            "intensity": tfds.features.Tensor(shape=(None,), dtype=np.float32),
             "subject": tfds.features.Text(),
             "source": tfds.features.Text(),
             **extras,
@@ -115,6 +125,51 @@ class CkPlusConfig(FaceConfig):
 
 
 @dataclasses.dataclass(eq=False)
+class FrameConfig(FaceConfig):
+    """Options of the datasets of frame sequences (DISFA, BP4D): frame_step keeps every k-th labelled frame of each
+    sequence (1: all). Their AUs are not the pain AUs, so every frame is kept by default (pain_only=False); the faces
+    are found by MediaPipe (the datasets' own landmarks, .mat files, are not read)."""
+    pain_only: bool = False
+    frame_step: int = 1
+
+    def validate(self) -> None:
+        super().validate()
+        if self.landmarks != "mediapipe":
+            raise ValueError(f"landmarks={self.landmarks!r}: this dataset's landmarks are not read; only 'mediapipe'")
+        layouts.check_sampling(self.frame_step)
+
+    def name_parts(self) -> list[str]:
+        return super().name_parts() + ([f"step{self.frame_step}"] if self.frame_step > 1 else [])
+
+
+@dataclasses.dataclass(eq=False)
+class DisfaConfig(FrameConfig):
+    """positive_intensity: an AU of DISFA intensity (0-5) at least this is present (default 2, B on FACS' A-E)."""
+    positive_intensity: float = layouts.DEFAULT_POSITIVE_INTENSITY
+
+    def validate(self) -> None:
+        super().validate()
+        layouts.check_sampling(self.frame_step, self.positive_intensity)
+
+    def name_parts(self) -> list[str]:
+        return super().name_parts() + [f"pos{self.positive_intensity:g}"]
+
+
+@dataclasses.dataclass(eq=False)
+class Bp4dConfig(FrameConfig):
+    """aus: the AU columns to store (default: every AU some frame codes 0 or 1); a frame not coded (9) for one of them
+    is skipped."""
+    aus: tuple[int, ...] = ()
+
+    def validate(self) -> None:
+        super().validate()
+        self.aus = _au_list(self.aus)
+
+    def name_parts(self) -> list[str]:
+        return super().name_parts() + (["au" + "_".join(map(str, self.aus))] if self.aus else [])
+
+
+@dataclasses.dataclass(eq=False)
 class ManifestConfig(FaceConfig):
     """manifest: CSV file (relative to the data root); encoding: its text encoding (UTF-8 with or without a
     byte-order mark by default; e.g. latin-1); exclude_subjects: subject ids left out."""
@@ -161,6 +216,16 @@ class SyntheticConfig(tfds.core.BuilderConfig):
         cue = [f"cue_au{self.spurious_cue_au}_p{self.spurious_cue_probability:g}"] if self.spurious_cue_au else []
         return [f"{self.num_subjects}x{self.images_per_subject}", self.domain, f"seed{self.seed}",
                 f"subj{self.subject_prefix}"] + cue
+
+
+def _au_list(aus) -> tuple[int, ...]:
+    """AU ids from a tuple/list, a comma-separated string ("1,2,AU12") or one id, as a sorted tuple of int."""
+    if isinstance(aus, (str, int)):
+        aus = str(aus).split(",")
+    items = [str(a).strip().upper().removeprefix("AU") for a in aus if str(a).strip()]
+    if not all(item.isdigit() for item in items):
+        raise ValueError(f"aus={aus!r}: expected AU numbers, e.g. 1,2,4 or AU1,AU2")
+    return tuple(sorted({int(item) for item in items}))
 
 
 def _subject_list(subjects) -> tuple[str, ...]:
@@ -215,6 +280,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     CITATION = ""
     report_rows: list[layouts.Issue]
     other_aus: dict[int, int]
+    au_ids: tuple[int, ...] = facs.PAIN_AUS
 
     def __init__(self, *, file_format: str = "array_record", build_options: dict[str, Any] | None = None,
                  **kwargs):
@@ -223,7 +289,13 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _dataset_info(self, description: str, extras: dict[str, Any]) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(builder=self, description=description, features=_features(extras),
-                                     homepage=self.HOMEPAGE or None, citation=self.CITATION or None)
+                                     homepage=self.HOMEPAGE or None, citation=self.CITATION or None,
+                                     metadata=tfds.core.MetadataDict())
+
+    def _record_au_ids(self, au_ids) -> None:
+        """Keep the build's AU columns, in its metadata and as `au_ids` (for the preprocess report)."""
+        self.au_ids = tuple(int(au) for au in au_ids)
+        self.info.metadata[AU_IDS_METADATA] = list(self.au_ids)
 
 
 class _FaceBuilder(_Builder, skip_registration=True):
@@ -257,18 +329,26 @@ class _FaceBuilder(_Builder, skip_registration=True):
     def _generate_examples(self, root: str) -> Iterator[tuple[str, dict]]:
         scan = self.scan(root)
         self.report_rows, self.other_aus = list(scan.issues), dict(scan.other_aus)
-        for face, crop in _crop(scan.faces, self.builder_config, self.build_options["workers"]):
-            if not isinstance(crop, tuple):
-                self.report_rows.append(layouts.Issue(face.source, "skipped", crop.reason,
-                                                      f"{face.source}: {crop.detail}"))
-                continue
-            image, landmarks, blendshape_scores, num_faces = crop
-            self.report_rows.append(_ok_row(face, num_faces))
-            example = {"image": image, "landmarks": landmarks.astype(np.float32), "labels": face.labels,
-                       "intensity": face.intensity, "subject": face.subject, "source": face.source, **face.extras}
-            if self.builder_config.has_blendshapes:
-                example[BLENDSHAPE_FEATURE] = blendshape_scores
-            yield face.source, example
+        self._record_au_ids(scan.au_ids)
+        with Progress(len(scan.faces), f"preprocess {self.name}: cropping", "faces") as progress:
+            for face, crop in _crop(scan.faces, self.builder_config, self.build_options["workers"]):
+                progress.advance()
+                if not isinstance(crop, tuple):
+                    self.report_rows.append(layouts.Issue(face.source, "skipped", crop.reason,
+                                                          f"{face.source}: {crop.detail}"))
+                    continue
+                yield face.source, self._example(face, *crop)
+
+    def _example(self, face: layouts.FaceFile, image: np.ndarray, landmarks: np.ndarray,
+                 blendshape_scores: np.ndarray | None, num_faces: int) -> dict:
+        """The example of one cropped face (its report row added)."""
+        self.report_rows.append(_ok_row(face, num_faces))
+        example = {"image": image, "landmarks": landmarks.astype(np.float32), "labels": face.labels(self.au_ids),
+                   "intensity": face.intensities(self.au_ids), "subject": face.subject, "source": face.source,
+                   **face.extras}
+        if self.builder_config.has_blendshapes:
+            example[BLENDSHAPE_FEATURE] = blendshape_scores
+        return example
 
 
 def _ok_row(face: layouts.FaceFile, num_faces: int) -> layouts.Issue:
@@ -285,12 +365,22 @@ def _crop(faces: list[layouts.FaceFile], config: FaceConfig, workers: int | None
         return
     from aujax.data import faces as face_crops  # MediaPipe and OpenCV only where images are cropped
 
+    def found(result):
+        if isinstance(result, face_crops.FaceError):
+            return result
+        return result.image, result.landmarks, result.blendshapes, result.num_faces
+
+    if config.landmarks == "mediapipe" and faces[0].frame is not None:  # video frames: one video at a time
+        for path, group in itertools.groupby(faces, key=lambda f: f.path):
+            group = list(group)
+            results = face_crops.crop_video_frames(path, [f.frame for f in group], margin=config.margin)
+            for face, (_, result) in zip(group, results):
+                yield face, found(result)
+        return
     if config.landmarks == "mediapipe":
         results = face_crops.crop_files([f.path for f in faces], workers=workers, margin=config.margin)
         for face, (_, result) in zip(faces, results):
-            is_error = isinstance(result, face_crops.FaceError)
-            yield face, result if is_error else (result.image, result.landmarks, result.blendshapes,
-                                                 result.num_faces)
+            yield face, found(result)
         return
     for face in faces:
         try:
@@ -317,7 +407,7 @@ class CkPlus(_FaceBuilder):
   year = {2010},
 }"""
     EXTRA_FEATURES = {"peak": tfds.features.Tensor(shape=(), dtype=np.bool_)}
-    DESCRIPTION = "CK+ face crops with the 8 pain AUs, labels propagated from each sequence's peak frame."
+    DESCRIPTION = "CK+ face crops with every AU coded, labels propagated from each sequence's peak frame."
     MANUAL_DOWNLOAD_INSTRUCTIONS = ("Extract the CK+ distribution (cohn-kanade-images, FACS, Landmarks) so that:\n"
                                     + layouts.EXPECTED_TREES["ck_plus"])
 
@@ -340,13 +430,65 @@ class UnbcMcmaster(_FaceBuilder):
   year = {2011},
 }"""
     EXTRA_FEATURES = {"pspi": tfds.features.Tensor(shape=(), dtype=np.float32)}
-    DESCRIPTION = "UNBC-McMaster face crops with the 8 pain AUs and the frame's PSPI score."
+    DESCRIPTION = "UNBC-McMaster face crops with every AU coded and the frame's PSPI score."
     MANUAL_DOWNLOAD_INSTRUCTIONS = ("Extract the UNBC-McMaster distribution so that:\n"
                                     + layouts.EXPECTED_TREES["unbc_mcmaster"])
 
     def scan(self, root: str) -> layouts.Scan:
         config = self.builder_config
         return layouts.scan_unbc(root, config.pain_only, config.landmarks == "dataset")
+
+
+class Disfa(_FaceBuilder):
+    """DISFA: spontaneous expressions while watching video clips, 12 AUs coded per frame at intensity 0-5."""
+    name = "disfa"
+    CONFIG_CLASS = DisfaConfig
+    BUILDER_CONFIGS = _variants(DisfaConfig, {"positive_intensity": 1.0}, {"frame_step": 5})
+    HOMEPAGE = "http://mohammadmahoor.com/disfa/"
+    CITATION = """\
+@article{mavadati2013disfa,
+  author = {Mavadati, S. Mohammad and Mahoor, Mohammad H. and Bartlett, Kevin and Trinh, Philip and Cohn, Jeffrey F.},
+  title = {{DISFA}: A Spontaneous Facial Action Intensity Database},
+  journal = {IEEE Transactions on Affective Computing},
+  volume = {4},
+  number = {2},
+  pages = {151--160},
+  year = {2013},
+}"""
+    DESCRIPTION = ("DISFA face crops of the left camera's video frames with its 12 AUs: present at intensity >= "
+                   "positive_intensity, the intensity (0-5) kept.")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = ("Extract DISFA's ActionUnit_Labels and Videos_LeftCamera archives so that:\n"
+                                    + layouts.EXPECTED_TREES["disfa"])
+
+    def scan(self, root: str) -> layouts.Scan:
+        config = self.builder_config
+        return layouts.scan_disfa(root, config.positive_intensity, config.frame_step, config.pain_only)
+
+
+class Bp4d(_FaceBuilder):
+    """BP4D-Spontaneous: 41 subjects in 8 tasks each, AU occurrence coded per frame."""
+    name = "bp4d"
+    CONFIG_CLASS = Bp4dConfig
+    BUILDER_CONFIGS = _variants(Bp4dConfig, {"aus": facs.AU_SETS["bp4d"]})
+    HOMEPAGE = "https://www.cs.binghamton.edu/~lijun/Research/3DFE/3DFE_Analysis.html"
+    CITATION = """\
+@article{zhang2014bp4d,
+  author = {Zhang, Xing and Yin, Lijun and Cohn, Jeffrey F. and Canavan, Shaun and Reale, Michael and Horowitz, Andy
+            and Liu, Peng and Girard, Jeffrey M.},
+  title = {{BP4D-Spontaneous}: a high-resolution spontaneous 3D dynamic facial expression database},
+  journal = {Image and Vision Computing},
+  volume = {32},
+  number = {10},
+  pages = {692--706},
+  year = {2014},
+}"""
+    DESCRIPTION = "BP4D face crops of the 2D frames AUCoding/AU_OCC codes, with every AU coded (or the aus option's)."
+    MANUAL_DOWNLOAD_INSTRUCTIONS = ("Extract BP4D's AUCoding and 2D+3D (frames) archives so that:\n"
+                                    + layouts.EXPECTED_TREES["bp4d"])
+
+    def scan(self, root: str) -> layouts.Scan:
+        config = self.builder_config
+        return layouts.scan_bp4d(root, config.aus, config.frame_step, config.pain_only)
 
 
 class Manifest(_FaceBuilder):
@@ -406,6 +548,7 @@ class SyntheticFaces(_Builder):
         options = _options(self.builder_config)
         records = synthetic.generate(**options, name=self.name)
         self.report_rows, self.other_aus = [], {}
+        self._record_au_ids(getattr(records, "au_ids", facs.PAIN_AUS))
         for i in range(len(records)):
             source = str(records.source[i])
             self.report_rows.append(layouts.Issue(source, "ok", "", ""))
@@ -413,7 +556,7 @@ class SyntheticFaces(_Builder):
                            for field in ("image", "landmarks", "labels", "intensity", "subject", "source")}
 
 
-BUILDERS = {b.name: b for b in (CkPlus, UnbcMcmaster, Manifest, ActorStudy, SyntheticFaces)}
+BUILDERS = {b.name: b for b in (CkPlus, UnbcMcmaster, Disfa, Bp4d, Manifest, ActorStudy, SyntheticFaces)}
 
 
 def option_names(dataset: str) -> list[str]:

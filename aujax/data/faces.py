@@ -1,6 +1,7 @@
 """Face preprocessing: image files -> square 112x112 face crops with 68 landmarks and 52 blendshapes.
 
-Faces are found with MediaPipe's FaceLandmarker (Tasks API, IMAGE mode) run on the vendored, SHA-256-checked
+Faces are found with MediaPipe's FaceLandmarker (Tasks API; IMAGE mode, or VIDEO mode where the frames of one video
+follow each other so that landmarks track across frames) run on the vendored, SHA-256-checked
 `models/face_landmarker.task`. Its 478-point mesh is reduced to the 68-point Multi-PIE / iBUG-300W scheme by
 `MP478_TO_IBUG68`, and the crop is the square around those 68 points grown by `margin` on each side, exactly
 as `crop_around_landmarks` does for a dataset's own landmarks, so both paths frame faces alike.
@@ -30,7 +31,7 @@ import multiprocessing
 import os
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from absl import logging
@@ -236,10 +237,11 @@ class FaceCropper:
     margin: crop margin on each side, as a fraction of the face size (the 68 landmarks' larger extent).
     face_choice: "largest" (largest mesh bounding box) or "first" (MediaPipe's first) when several faces.
     max_faces: most faces MediaPipe looks for; `FaceCrop.num_faces` counts up to it.
+    video: MediaPipe's VIDEO mode: `crop` takes each frame's time, increasing, and tracks the face across frames.
     """
 
     def __init__(self, model_path: str | None = None, margin: float = 0.25, face_choice: str = "largest",
-                 max_faces: int = 4, max_pixels: int = MAX_IMAGE_PIXELS):
+                 max_faces: int = 4, max_pixels: int = MAX_IMAGE_PIXELS, video: bool = False):
         check_cropper_options(margin, face_choice, max_faces)
         from mediapipe.tasks.python import BaseOptions, vision
 
@@ -247,9 +249,10 @@ class FaceCropper:
         self.margin = margin
         self.face_choice = face_choice
         self.max_pixels = max_pixels
+        self.video = video
         options = vision.FaceLandmarkerOptions(
                 base_options=BaseOptions(model_asset_buffer=load_model_bundle(model_path)),
-                running_mode=vision.RunningMode.IMAGE,
+                running_mode=vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE,
                 num_faces=max_faces,
                 output_face_blendshapes=True)
         self._landmarker = vision.FaceLandmarker.create_from_options(options)
@@ -276,15 +279,20 @@ class FaceCropper:
         vector[[c.index for c in categories]] = [c.score for c in categories]
         return vector
 
-    def crop(self, image: np.ndarray, source: str) -> FaceCrop:
+    def crop(self, image: np.ndarray, source: str, time_ms: int | None = None) -> FaceCrop:
         """The chosen face of uint8 (H, W, 3) RGB `image`; FaceError ("too_small", "no_face",
-        "bad_landmarks") names `source`."""
+        "bad_landmarks") names `source`. A video cropper needs the frame's `time_ms`, greater than the last one's."""
         import mediapipe as mp
 
         _check_image(image, source)
         height, width = image.shape[:2]
-        result = self._landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB,
-                                                  data=np.ascontiguousarray(image)))
+        picture = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
+        if self.video:
+            if time_ms is None:
+                raise ValueError(f"{source}: a video FaceCropper needs the frame's time_ms")
+            result = self._landmarker.detect_for_video(picture, int(time_ms))
+        else:
+            result = self._landmarker.detect(picture)
         if not result.face_landmarks:
             raise FaceError(source, "no_face", "no face found")
         meshes = [np.array([(p.x * width, p.y * height) for p in face], np.float64)
@@ -381,3 +389,61 @@ def crop_files(paths: list[str], workers: int | None = None, chunk_size: int = 8
 
 def _finished(chunk: list[str], future: concurrent.futures.Future):
     yield from zip(chunk, future.result())
+
+
+def video_frames(path: str, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray | FaceError]]:
+    """(index, uint8 (H, W, 3) RGB frame) for each of the ascending 0-based frame `indices` of the video at `path`,
+    read with OpenCV in one pass; FaceError "unreadable" (naming `path#index`) in place of a frame the video does
+    not have or that does not decode, and of every frame of a file OpenCV cannot open as a video."""
+    import cv2
+
+    capture = cv2.VideoCapture(path)
+    try:
+        opened, position, ended = capture.isOpened(), 0, False
+        for index in indices:
+            while opened and not ended and position < index:
+                ended = not capture.grab()
+                position += not ended
+            frame = None
+            if opened and not ended and position == index:
+                ended = not capture.grab()
+                position += not ended
+                ok, bgr = capture.retrieve() if not ended else (False, None)
+                frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if ok else None
+            if frame is not None:
+                yield index, frame
+            else:
+                why = ("not a video OpenCV can open" if not opened else
+                       f"the video ends after {position} frames" if ended else "the frame does not decode")
+                yield index, FaceError(f"{path}#{index}", "unreadable", why)
+    finally:
+        capture.release()
+
+
+def video_properties(path: str) -> tuple[float, int]:
+    """(frames per second, frame count) that the video at `path` declares; ValueError naming it if OpenCV cannot open
+    it as a video."""
+    import cv2
+
+    capture = cv2.VideoCapture(path)
+    try:
+        if not capture.isOpened():
+            raise ValueError(f"{path}: not a video OpenCV can open")
+        return float(capture.get(cv2.CAP_PROP_FPS)), int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        capture.release()
+
+
+def crop_video_frames(path: str, indices: Sequence[int],
+                      **cropper_kwargs) -> Iterator[tuple[int, FaceCrop | FaceError]]:
+    """(index, FaceCrop or FaceError) for each of the ascending 0-based frame `indices` of the video at `path`, each
+    frame cropped on its own (IMAGE mode, as image files are) in this process; cropper_kwargs as `crop_files`'."""
+    with FaceCropper(**cropper_kwargs) as cropper:
+        for index, frame in video_frames(path, indices):
+            if isinstance(frame, FaceError):
+                yield index, frame
+                continue
+            try:
+                yield index, cropper.crop(frame, f"{path}#{index}")
+            except FaceError as e:
+                yield index, e

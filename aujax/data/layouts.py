@@ -1,10 +1,12 @@
-"""The on-disk layouts of CK+, UNBC-McMaster and CSV manifests, read in pure python.
+"""The on-disk layouts of CK+, UNBC-McMaster, DISFA, BP4D and CSV manifests, read in pure python.
 
-A scan walks a dataset's directory tree, parses its FACS, PSPI and landmark text files, applies the label options
-(pain-AU filter, which CK+ frames carry the peak frame's code, excluded subjects) and says what it did with every
-file. It reads no image and runs no face detector: the result is a list of `FaceFile`s (images to crop, with their
-labels) and a list of `Issue`s (files skipped, filtered out or only partly usable, each with a reason and a message
-naming the file). Paths in both are relative to the dataset's root, '/'-separated.
+A scan walks a dataset's directory tree, parses its FACS, PSPI, AU and landmark text files, applies the label options
+(pain-AU filter, which CK+ frames carry the peak frame's code, excluded subjects, DISFA's positive intensity, frame
+sampling) and says what it did with every file. It reads no image and runs no face detector: the result is a list of
+`FaceFile`s (images or video frames to crop, with their AU codes), a list of `Issue`s (files skipped, filtered out or
+only partly usable, each with a reason and a message naming the file) and the AUs the dataset codes (`Scan.au_ids`,
+every one of them, not only the 8 pain AUs: the AU set is chosen at training time). Paths in both are relative to the
+dataset's root, '/'-separated; a video frame's source is `<video>#<frame number>`.
 
 Layouts (the distributions' own):
 
@@ -15,7 +17,16 @@ Layouts (the distributions' own):
                   Frame_Labels/FACS/<subject>/<sequence>/<frame>_facs.txt   one per frame
                   Frame_Labels/PSPI/<subject>/<sequence>/<frame>_facs.txt   one float per frame
                   AAM_landmarks/<subject>/<sequence>/<frame>_aam.txt        66 "x y" lines per frame
+  disfa           ActionUnit_Labels/SN001/SN001_au1.txt ... SN001_au26.txt  "frame,intensity" per line (frame from 1)
+                  Videos_LeftCamera/LeftVideoSN001_comp.avi                  label frame k is the video's k-th frame
+  bp4d            AUCoding/AU_OCC/F001_T1.csv     header "0,1,2,...,99": frame number, then one column per AU
+                                                  (1 present, 0 absent, 9 not coded)
+                  2D+3D/F001/T1/0001.jpg ...      the task's frames, named by frame number (any zero padding)
   manifest        manifest.csv with columns image, subject, AU<n>..., optional x0,y0,...,x67,y67
+
+AU columns: CK+, UNBC and manifests store the 8 pain AUs and every AU coded present anywhere in the build (a FACS file
+lists what is present, so any AU it does not list is absent), a manifest also its every AU<n> column; DISFA its 12 AU
+files; BP4D every AU column that codes some frame 0 or 1 (or the `aus` option's).
 
 FACS files hold one "AU intensity" line per coded action unit, numbers as floats (`4.0000000e+00 3.0000000e+00`);
 UNBC adds two more columns, which are ignored. A listed AU is present; its intensity is 1-5 (A-E), 0 where the
@@ -40,6 +51,12 @@ from aujax import facs
 
 _IMAGE_DIRS = {"ck_plus": "cohn-kanade-images", "unbc_mcmaster": "Images"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".wmv")
+DISFA_LABELS, DISFA_VIDEOS = "ActionUnit_Labels", "Videos_LeftCamera"
+DEFAULT_POSITIVE_INTENSITY = 2.0  # DISFA: an AU of intensity >= this (B on the A-E scale) is present, as is usual
+BP4D_CODING = "AUCoding/AU_OCC"
+BP4D_FRAME_DIRS = ("2D+3D", "Sequences(2D+3D)")  # the frames' folder, as the distribution and its mirrors name it
+BP4D_NOT_CODED = 9
 LANDMARK_CHOICES = ("mediapipe", "dataset")
 DEFAULT_LABEL_FRAMES = "last_fraction:0.33"
 MAX_INTENSITY = 5.0  # FACS intensity E
@@ -56,6 +73,16 @@ EXPECTED_TREES = {
   Frame_Labels/FACS/<subject>/<sequence>/<frame>_facs.txt  (per frame; lines "AU intensity [...]", empty if none)
   Frame_Labels/PSPI/<subject>/<sequence>/<frame>_facs.txt  (per frame; one number)
   AAM_landmarks/<subject>/<sequence>/<frame>_aam.txt       (66 lines "x y" per frame; for landmarks="dataset")""",
+        "disfa": """\
+<manual_dir>/
+  ActionUnit_Labels/SN001/SN001_au1.txt ... SN001_au26.txt  (one per AU; lines "frame,intensity", frames from 1,
+                                                            intensity 0-5)
+  Videos_LeftCamera/LeftVideoSN001_comp.avi                 (the left camera's video of SN001)""",
+        "bp4d": """\
+<manual_dir>/
+  AUCoding/AU_OCC/F001_T1.csv   (one per subject and task; header "0,1,2,...": frame, then one column per AU;
+                                 rows "frame,0|1|9,...")
+  2D+3D/F001/T1/0001.jpg ...    (the task's frames, named by frame number; also read from Sequences(2D+3D)/)""",
         "manifest": """\
 <manual_dir>/                      (the data root; every image path in the CSV is relative to it)
   manifest.csv                     header: image,subject,AU4,AU6,...[,x0,y0,...,x67,y67]
@@ -84,28 +111,46 @@ class Issue:
 class FaceFile:
     """One image to crop, with what the dataset says about it.
 
-    labels     uint8 (8,) binary, `facs.AU_IDS` order
-    intensity  float32 (8,) FACS intensity 1-5, 0 where unknown or absent
+    present    the AUs coded present
+    intensity  AU -> FACS intensity 0-5 where the dataset gives one (a present AU of unknown intensity: 0)
     landmarks  float32 (68, 2) (x, y) pixels in the image, the dataset's own; None unless asked for
     extras     dataset-specific example features, e.g. {"pspi": 3.0}
     notes      (reason, message) pairs that did not stop the face from being used
+    frame      0-based index of the frame in the video at `path`; None for an image file
     """
     path: str
     source: str
     subject: str
-    labels: np.ndarray
-    intensity: np.ndarray
+    present: frozenset[int]
+    intensity: Mapping[int, float]
     landmarks: np.ndarray | None = None
     extras: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     notes: tuple[tuple[str, str], ...] = ()
+    frame: int | None = None
+
+    @classmethod
+    def coded(cls, path: str, source: str, subject: str, codes: Mapping[int, float], **kwargs) -> "FaceFile":
+        """A face whose listed AUs (`codes`: AU -> intensity) are present, every other one absent (FACS files,
+        manifests)."""
+        return cls(path, source, subject, frozenset(codes), dict(codes), **kwargs)
+
+    def labels(self, au_ids: Iterable[int]) -> np.ndarray:
+        """uint8 (len(au_ids),) binary labels in `au_ids` order."""
+        return np.array([au in self.present for au in au_ids], np.uint8)
+
+    def intensities(self, au_ids: Iterable[int]) -> np.ndarray:
+        """float32 (len(au_ids),) intensities in `au_ids` order, 0 where unknown or absent."""
+        return np.array([self.intensity.get(au, 0.0) for au in au_ids], np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
 class Scan:
-    """A dataset's faces to crop, what happened to every other file, and how often each non-pain AU code was seen."""
+    """A dataset's faces to crop, what happened to every other file, how often each non-pain AU code was seen, and
+    the AUs the dataset codes (`au_ids`, ascending: the label and intensity columns of its build)."""
     faces: list[FaceFile]
     issues: list[Issue]
     other_aus: collections.Counter
+    au_ids: tuple[int, ...] = facs.PAIN_AUS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,11 +257,6 @@ def aam66_to_ibug68(points66: np.ndarray) -> np.ndarray:
     return np.concatenate([p[:60], p[48:49], p[60:63], p[54:55], p[63:66]])
 
 
-def labels_from_codes(codes: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray]:
-    """(labels uint8 (8,), intensity float32 (8,)) from AU number -> intensity; AUs outside `facs.AU_IDS` ignored."""
-    labels = np.array([au in codes for au in facs.AU_IDS], np.uint8)
-    intensity = np.array([codes.get(au, 0.0) for au in facs.AU_IDS], np.float32)
-    return labels, intensity
 
 
 # --- layout checks ------------------------------------------------------------------------------------------------
@@ -224,27 +264,36 @@ def labels_from_codes(codes: Mapping[int, float]) -> tuple[np.ndarray, np.ndarra
 def check_layout(dataset: str, root: str, dataset_landmarks: bool = False, manifest: str = "manifest.csv",
                  encoding: str = "utf-8") -> None:
     """LayoutError, with the expected tree, unless `root` is laid out as `dataset` ("ck_plus", "unbc_mcmaster",
-    "manifest") expects; "actor_study" is a manifest, read in `encoding` (ValueError if it is not such text)."""
+    "disfa", "bp4d", "manifest") expects; "actor_study" is a manifest, read in `encoding` (ValueError if it is not such
+    text)."""
     layout = "manifest" if dataset == "actor_study" else dataset
     if layout not in EXPECTED_TREES:
         raise ValueError(f"no layout for dataset {dataset!r}; known: {sorted(EXPECTED_TREES)} and 'actor_study'")
-    if layout == "manifest":
-        required = [manifest]
-    else:
-        required = {
-                "ck_plus": ["cohn-kanade-images", "FACS"] + ["Landmarks"] * dataset_landmarks,
-                "unbc_mcmaster": ["Images", "Frame_Labels/FACS", "Frame_Labels/PSPI"]
-                                 + ["AAM_landmarks"] * dataset_landmarks,
-        }[layout]
     if not root:
         _layout_error(dataset, root, "no manual directory given")
     if not os.path.isdir(root):
         _layout_error(dataset, root, f"manual directory {root!r} does not exist or is not a directory")
+    required = {
+            "manifest": [manifest],
+            "ck_plus": ["cohn-kanade-images", "FACS"] + ["Landmarks"] * dataset_landmarks,
+            "unbc_mcmaster": ["Images", "Frame_Labels/FACS", "Frame_Labels/PSPI"]
+                             + ["AAM_landmarks"] * dataset_landmarks,
+            "disfa": [DISFA_LABELS, DISFA_VIDEOS],
+            "bp4d": [BP4D_CODING, _bp4d_frames_dir(root) or BP4D_FRAME_DIRS[0]],
+    }[layout]
     missing = [name for name in required if not os.path.exists(os.path.join(root, name))]
     if missing:
         _layout_error(dataset, root, f"manual directory {root!r} lacks {', '.join(missing)}")
     if layout == "manifest":
         _read_manifest(root, manifest, dataset_landmarks, encoding)
+    elif layout == "disfa":
+        if not _disfa_au_files(root):
+            _layout_error(dataset, root, f"no {DISFA_LABELS}/SNxxx/SNxxx_au<N>.txt files")
+    elif layout == "bp4d":
+        if not _bp4d_csv_names(root):
+            _layout_error(dataset, root, f"no {BP4D_CODING}/<subject>_<task>.csv files (e.g. F001_T1.csv)")
+        if not _sequences(os.path.join(root, _bp4d_frames_dir(root))):
+            _layout_error(dataset, root, f"no frames found at the expected depth under {_bp4d_frames_dir(root)}/")
     elif not _sequences(os.path.join(root, _IMAGE_DIRS[layout])):
         _layout_error(dataset, root, f"no image files found at the expected depth under {_IMAGE_DIRS[layout]}/")
 
@@ -309,18 +358,34 @@ class _Collector:
         if parsed.malformed:
             lines = "; ".join(f"line {n}: {why}" for n, why in parsed.malformed)
             self.issue(source, "warning", "malformed_facs_line", f"{source}: ignored {lines}")
-        self.other_aus.update(au for au in parsed.codes if au not in facs.AU_IDS)
+        self.other_aus.update(au for au in parsed.codes if au not in facs.PAIN_AUS)
         return parsed.codes
+
+    def read_frame_values(self, path: str, source: str) -> dict[int, float] | None:
+        """frame -> intensity from a DISFA AU file, reporting malformed lines; None if unreadable."""
+        try:
+            values, malformed = parse_frame_values(path)
+        except (OSError, ValueError) as e:
+            problem = getattr(e, "strerror", None) or e
+            self.issue(source, "skipped", "unreadable_au_file", f"{source}: cannot read AU file ({problem})")
+            return None
+        if malformed:
+            lines = "; ".join(f"line {n}: {why}" for n, why in malformed)
+            self.issue(source, "warning", "malformed_au_line", f"{source}: ignored {lines}")
+        return values
 
     def keep(self, face: FaceFile, pain_only: bool) -> None:
         """Add `face`, or file it as filtered when `pain_only` and it has no pain AU."""
-        if pain_only and not face.labels.any():
-            self.issue(face.source, "filtered", "no_pain_au", f"{face.source}: none of AUs {facs.AU_IDS} coded")
+        if pain_only and not face.present.intersection(facs.PAIN_AUS):
+            self.issue(face.source, "filtered", "no_pain_au", f"{face.source}: none of AUs {facs.PAIN_AUS} coded")
         else:
             self.faces.append(face)
 
-    def scan(self) -> Scan:
-        return Scan(self.faces, self.issues, self.other_aus)
+    def scan(self, au_ids: Iterable[int] | None = None) -> Scan:
+        """The scan, its AU columns `au_ids` (default: the pain AUs and every AU coded present on a kept face)."""
+        if au_ids is None:
+            au_ids = set(facs.PAIN_AUS).union(*(face.present for face in self.faces))
+        return Scan(self.faces, self.issues, self.other_aus, tuple(sorted(au_ids)))
 
 
 def _attach_landmarks(collector: _Collector, root: str, landmarks_source: Callable[[FaceFile], str],
@@ -404,7 +469,6 @@ def scan_ck_plus(root: str, label_frames: str = DEFAULT_LABEL_FRAMES, pain_only:
         codes = collector.read_facs(os.path.join(root, facs_source), facs_source)
         peak = stems.index(os.path.basename(facs_source)[:-len("_facs.txt")])
         window = labelled_frames(len(frames), peak, label_frames) if codes is not None else range(0)
-        labels, intensity = labels_from_codes(codes or {})
         for index, (frame, name) in enumerate(zip(frames, names)):
             if codes is None:
                 collector.issue(frame, "skipped", "no_facs", f"{frame}: its FACS file {facs_source} is unreadable")
@@ -412,8 +476,8 @@ def scan_ck_plus(root: str, label_frames: str = DEFAULT_LABEL_FRAMES, pain_only:
                 collector.issue(frame, "filtered", "unlabelled_frame",
                                 f"{frame}: outside label_frames={label_frames!r} of its sequence")
             else:
-                collector.keep(FaceFile(os.path.join(root, frame), frame, subject, labels, intensity,
-                                        extras={"peak": index == peak}), pain_only)
+                collector.keep(FaceFile.coded(os.path.join(root, frame), frame, subject, codes,
+                                              extras={"peak": index == peak}), pain_only)
     _report_unused_facs(collector, unused_facs, "cohn-kanade-images")
     if dataset_landmarks:
         _attach_landmarks(collector, root, _ck_plus_landmarks_source, lambda p: parse_points(p, facs.NUM_LANDMARKS))
@@ -447,8 +511,8 @@ def scan_unbc(root: str, pain_only: bool = True, dataset_landmarks: bool = False
                 collector.issue(frame, "skipped", "no_facs", f"{frame}: its FACS file {facs_source} is unreadable")
                 continue
             pspi, notes = _read_pspi(root, f"Frame_Labels/PSPI/{label_name}", frame)
-            collector.keep(FaceFile(os.path.join(root, frame), frame, subject, *labels_from_codes(codes),
-                                    extras={"pspi": pspi}, notes=notes), pain_only)
+            collector.keep(FaceFile.coded(os.path.join(root, frame), frame, subject, codes,
+                                          extras={"pspi": pspi}, notes=notes), pain_only)
     _report_unused_facs(collector, unused_facs, "Images")
     if dataset_landmarks:
         _attach_landmarks(collector, root, _unbc_landmarks_source,
@@ -469,6 +533,211 @@ def _read_pspi(root: str, source: str, frame: str) -> tuple[float, tuple[tuple[s
 def _unbc_landmarks_source(face: FaceFile) -> str:
     subject_sequence, name = face.source[len("Images/"):].rsplit("/", 1)
     return f"AAM_landmarks/{subject_sequence}/{os.path.splitext(name)[0]}_aam.txt"
+
+
+# --- frame sequences (DISFA, BP4D) -----------------------------------------------------------------------------
+
+def parse_frame_values(path: str) -> tuple[dict[int, float], list[tuple[int, str]]]:
+    """(frame number -> intensity, malformed lines as (line number, why)) of a DISFA AU file ("frame,intensity" lines,
+    frames from 1, intensity 0-5); OSError if it cannot be opened, ValueError naming the file and line if not UTF-8."""
+    values, malformed = {}, []
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            frame, value = _frame_value([field.strip() for field in line.split(",")])
+        except ValueError as e:
+            malformed.append((number, f"{line.strip()[:80]!r}: {e}"))
+            continue
+        values[frame] = value
+    return values, malformed
+
+
+def _frame_value(fields: list[str]) -> tuple[int, float]:
+    if len(fields) != 2:
+        raise ValueError("expected 'frame,intensity'")
+    try:
+        frame, value = int(fields[0]), float(fields[1])
+    except ValueError:
+        raise ValueError("not numbers") from None
+    if frame < 1:
+        raise ValueError(f"frame {frame} is not a frame number (from 1)")
+    if not 0 <= value <= MAX_INTENSITY:
+        raise ValueError(f"intensity {fields[1]} outside [0, {MAX_INTENSITY:g}]")
+    return frame, value
+
+
+def _disfa_au_files(root: str) -> dict[str, dict[int, str]]:
+    """subject -> AU -> source, for ActionUnit_Labels/<subject>/<subject>_au<N>.txt."""
+    labels_dir = os.path.join(root, DISFA_LABELS)
+    found: dict[str, dict[int, str]] = {}
+    for subject in _sorted_dirs(labels_dir) if os.path.isdir(labels_dir) else ():
+        for name in sorted(os.listdir(os.path.join(labels_dir, subject))):
+            match = re.fullmatch(r"(?i)(.+)_au0*(\d+)\.txt", name)
+            if match and match.group(1).lower() == subject.lower():
+                found.setdefault(subject, {})[int(match.group(2))] = f"{DISFA_LABELS}/{subject}/{name}"
+    return found
+
+
+def check_sampling(frame_step: int, positive_intensity: float = DEFAULT_POSITIVE_INTENSITY) -> None:
+    if not (isinstance(frame_step, int) and frame_step >= 1):
+        raise ValueError(f"frame_step={frame_step!r}: expected a whole number >= 1 (1: every labelled frame)")
+    if not 0 < positive_intensity <= MAX_INTENSITY:
+        raise ValueError(f"positive_intensity={positive_intensity!r}: expected an intensity in (0, {MAX_INTENSITY:g}]")
+
+
+def scan_disfa(root: str, positive_intensity: float = DEFAULT_POSITIVE_INTENSITY, frame_step: int = 1,
+               pain_only: bool = False) -> Scan:
+    """The frames of a DISFA tree at `root`: every `frame_step`-th labelled frame of each left-camera video, an AU
+    present where its intensity is >= `positive_intensity`, its intensity (0-5) kept; columns: DISFA's AU files."""
+    check_sampling(frame_step, positive_intensity)
+    check_layout("disfa", root)
+    au_files = _disfa_au_files(root)
+    au_ids = tuple(sorted(set().union(*au_files.values())))
+    videos = {name.lower(): name for name in os.listdir(os.path.join(root, DISFA_VIDEOS))}
+    collector = _Collector()
+    for subject, files in au_files.items():
+        expected = f"LeftVideo{subject}_comp.avi"
+        video = f"{DISFA_VIDEOS}/{videos.pop(expected.lower(), expected)}"
+        if not os.path.isfile(os.path.join(root, video)):
+            collector.issue(video, "skipped", "no_video",
+                            f"{video}: no video for the labels in {DISFA_LABELS}/{subject}/")
+            continue
+        missing = [au for au in au_ids if au not in files]
+        values = {au: collector.read_frame_values(os.path.join(root, source), source) for au, source in files.items()}
+        if missing or None in values.values():
+            why = f"no {subject}_au<N>.txt for AU {missing}" if missing else "an AU file is unreadable"
+            collector.issue(video, "skipped", "missing_au_files", f"{video}: {why}; its frames are left out")
+            continue
+        frames = sorted(set().union(*values.values()))
+        complete = [f for f in frames if all(f in values[au] for au in au_ids)]
+        if len(complete) < len(frames):
+            collector.issue(video, "warning", "incomplete_labels", f"{video}: {len(frames) - len(complete)} frames "
+                            f"(first {sorted(set(frames) - set(complete))[0]}) lack some AU's intensity; left out")
+        sampled = complete[::frame_step]
+        if frame_step > 1:
+            collector.issue(video, "filtered", "frame_step", f"{video}: 1 in {frame_step} labelled frames kept "
+                            f"({len(sampled)} of {len(complete)})")
+        for frame in sampled:
+            intensity = {au: values[au][frame] for au in au_ids}
+            present = frozenset(au for au, value in intensity.items() if value >= positive_intensity)
+            collector.other_aus.update(au for au in present if au not in facs.PAIN_AUS)
+            collector.keep(FaceFile(os.path.join(root, video), f"{video}#{frame:05d}", subject, present, intensity,
+                                    frame=frame - 1), pain_only)
+    for name in sorted(videos.values()):
+        if name.lower().endswith(VIDEO_EXTENSIONS):
+            collector.issue(f"{DISFA_VIDEOS}/{name}", "skipped", "video_without_labels",
+                            f"{DISFA_VIDEOS}/{name}: no {DISFA_LABELS}/<subject>/ folder for it")
+    return collector.scan(au_ids)
+
+
+def _bp4d_frames_dir(root: str) -> str | None:
+    """The first of `BP4D_FRAME_DIRS` under `root`, None where there is none."""
+    return next((d for d in BP4D_FRAME_DIRS if os.path.isdir(os.path.join(root, d))), None)
+
+
+def _bp4d_csv_names(root: str) -> dict[tuple[str, str], str]:
+    """(subject, task) -> file name of each AUCoding/AU_OCC/<subject>_<task>.csv."""
+    coding_dir = os.path.join(root, BP4D_CODING)
+    names = sorted(os.listdir(coding_dir)) if os.path.isdir(coding_dir) else []
+    return {(m.group(1), m.group(2)): name for name in names if (m := re.fullmatch(r"(\w+?)_(T\d+)\.csv", name))}
+
+
+@dataclasses.dataclass(frozen=True)
+class OccurrenceCodes:
+    """A parsed BP4D occurrence CSV: its AU columns, frame number -> AU -> 0, 1 or 9 (not coded), malformed rows."""
+    aus: tuple[int, ...]
+    frames: dict[int, dict[int, int]]
+    malformed: list[tuple[int, str]]
+
+
+def parse_occurrence_csv(path: str) -> OccurrenceCodes:
+    """Read a BP4D AU_OCC CSV (header: the frame column, then AU numbers such as "1" or "AU01"; rows of the frame
+    number and 0/1/9 per AU); ValueError naming the file if its header names no AU, OSError if it cannot be opened."""
+    header, *rows = list(csv.reader(io.StringIO(read_text(path), newline=""))) or [[]]
+    columns = [re.fullmatch(r"(?i)\s*(?:AU)?0*(\d+)\s*", cell) for cell in header[1:]]
+    if not columns or not all(columns):
+        raise ValueError(f"{path}: header {header[:6]}... is not 'frame, AU numbers'")
+    aus = tuple(int(m.group(1)) for m in columns)
+    frames, malformed = {}, []
+    for line, row in enumerate(rows, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        try:
+            values = [int(float(cell)) for cell in row]
+        except ValueError:
+            values = []
+        if len(values) != len(aus) + 1 or values[0] < 0 or not set(values[1:]) <= {0, 1, BP4D_NOT_CODED}:
+            malformed.append((line, f"expected a frame number and {len(aus)} codes 0, 1 or 9, got {row[:6]}..."))
+            continue
+        frames[values[0]] = dict(zip(aus, values[1:]))
+    return OccurrenceCodes(aus, frames, malformed)
+
+
+def scan_bp4d(root: str, aus: Iterable[int] = (), frame_step: int = 1, pain_only: bool = False) -> Scan:
+    """The frames of a BP4D tree at `root` that AUCoding/AU_OCC codes, every `frame_step`-th of each task; columns:
+    `aus`, or every AU some frame codes 0 or 1. A frame whose code of one of them is 9 (not coded) is skipped."""
+    check_sampling(frame_step)
+    check_layout("bp4d", root)
+    frames_dir = _bp4d_frames_dir(root)
+    sequences = _sequences(os.path.join(root, frames_dir))
+    collector = _Collector()
+    codings = {}
+    for (subject, task), name in _bp4d_csv_names(root).items():
+        source = f"{BP4D_CODING}/{name}"
+        try:
+            codings[subject, task] = source, parse_occurrence_csv(os.path.join(root, source))
+        except (OSError, ValueError) as e:
+            collector.issue(source, "skipped", "unreadable_au_coding", f"{source}: {getattr(e, 'strerror', None) or e}")
+            continue
+        if codings[subject, task][1].malformed:
+            lines = "; ".join(f"line {n}: {why}" for n, why in codings[subject, task][1].malformed)
+            collector.issue(source, "warning", "malformed_au_coding_row", f"{source}: ignored {lines}")
+    au_ids = tuple(sorted(aus)) or tuple(sorted({au for _, coding in codings.values() for codes in
+                                                 coding.frames.values() for au, v in codes.items() if v < 2}))
+    for (subject, task), (source, coding) in codings.items():
+        folder = f"{frames_dir}/{subject}/{task}"
+        names = {int(os.path.splitext(n)[0]): n for n in sequences.pop((subject, task), [])
+                 if os.path.splitext(n)[0].isdigit()}
+        missing = [au for au in au_ids if au not in coding.aus]
+        if missing or not names:
+            why = f"no column for AU {missing}" if missing else f"no frames under {folder}/"
+            collector.issue(source, "skipped", "missing_au_columns" if missing else "no_frames", f"{source}: {why}")
+            continue
+        _keep_bp4d_frames(collector, root, folder, subject, source, coding, names, au_ids, frame_step, pain_only)
+    for subject, task in sequences:
+        collector.issue(f"{frames_dir}/{subject}/{task}/", "skipped", "no_au_coding",
+                        f"{frames_dir}/{subject}/{task}/: no {BP4D_CODING}/{subject}_{task}.csv")
+    return collector.scan(au_ids)
+
+
+def _keep_bp4d_frames(collector: _Collector, root: str, folder: str, subject: str, source: str,
+                      coding: OccurrenceCodes, names: dict[int, str], au_ids: tuple[int, ...], frame_step: int,
+                      pain_only: bool) -> None:
+    """The coded frames of one BP4D task (`names`: frame number -> image name in `folder`) to `collector`."""
+    numbers = sorted(coding.frames)
+    sampled = numbers[::frame_step]
+    if frame_step > 1:
+        collector.issue(source, "filtered", "frame_step",
+                        f"{source}: 1 in {frame_step} coded frames kept ({len(sampled)} of {len(numbers)})")
+    for number in sampled:
+        if number not in names:
+            collector.issue(f"{source}#{number}", "skipped", "no_image", f"{source}: frame {number} has no image in "
+                            f"{folder}/")
+            continue
+        frame = f"{folder}/{names[number]}"
+        codes = coding.frames[number]
+        unknown = [au for au in au_ids if codes[au] == BP4D_NOT_CODED]
+        if unknown:
+            collector.issue(frame, "skipped", "au_not_coded", f"{frame}: AU {unknown} not coded (9) in {source}")
+            continue
+        present = frozenset(au for au in au_ids if codes[au] == 1)
+        collector.other_aus.update(au for au in present if au not in facs.PAIN_AUS)
+        collector.keep(FaceFile(os.path.join(root, frame), frame, subject, present, {}), pain_only)
+    unlabelled = len(set(names) - set(numbers))
+    if unlabelled:
+        collector.issue(f"{folder}/", "filtered", "uncoded_frames", f"{folder}/: {unlabelled} frames have no row in "
+                        f"{source}")
 
 
 # --- manifests ----------------------------------------------------------------------------------------------------
@@ -507,7 +776,7 @@ def scan_manifest(root: str, manifest: str = "manifest.csv", exclude_subjects: I
     header, au_columns, rows = _read_manifest(root, manifest, dataset_landmarks, encoding)
     excluded = [str(s) for s in exclude_subjects]
     collector = _Collector()
-    missing_aus = [au for au in facs.AU_IDS if au not in au_columns.values()]
+    missing_aus = [au for au in facs.PAIN_AUS if au not in au_columns.values()]
     if missing_aus:
         collector.issue(manifest, "warning", "missing_au_columns",
                         f"{manifest}: no column for AU {missing_aus}; those AUs are labelled absent everywhere")
@@ -529,7 +798,7 @@ def scan_manifest(root: str, manifest: str = "manifest.csv", exclude_subjects: I
         else:
             collector.keep(face, pain_only)
         seen.add(face.source)
-    return collector.scan()
+    return collector.scan(set(facs.PAIN_AUS).union(au_columns.values()))
 
 
 class _RowError(ValueError):
@@ -586,10 +855,10 @@ def _manifest_face(root: str, header: dict[str, int], au_columns: dict[int, int]
             raise ValueError(f"AU{au} = {row[column]!r} outside [0, {MAX_INTENSITY:g}]")
         if value > 0:
             codes[au] = value
-    other_aus.update(au for au in codes if au not in facs.AU_IDS)
+    other_aus.update(au for au in codes if au not in facs.PAIN_AUS)
     landmarks = _manifest_landmarks(row, header) if dataset_landmarks else None
     source = os.path.normpath(relative).replace(os.sep, "/")
-    return FaceFile(path, source, subject, *labels_from_codes(codes), landmarks=landmarks)
+    return FaceFile.coded(path, source, subject, codes, landmarks=landmarks)
 
 
 def _manifest_landmarks(row: list[str], header: dict[str, int]) -> np.ndarray:

@@ -11,7 +11,8 @@ writes one CSV row per input file to `report_path`:
   message  what exactly, naming the file (and line)
 
 `load_records(dataset, data_dir, **options)` reads a built dataset back into `FaceRecords` for training, with
-MediaPipe's blendshapes when the build has them (a `blendshapes` feature: landmarks="mediapipe" builds), else None.
+MediaPipe's blendshapes when the build has them (a `blendshapes` feature: landmarks="mediapipe" builds), else None,
+and the build's AU columns as `au_ids` (its metadata's; the 8 pain AUs for builds made before it listed them).
 tensorflow_datasets is imported only inside these functions.
 """
 
@@ -23,6 +24,7 @@ import os
 
 import numpy as np
 
+from aujax import facs
 from aujax.data import layouts, records
 from aujax.progress import Progress
 
@@ -44,6 +46,7 @@ class PreprocessReport:
     data_path: str
     rows: tuple[layouts.Issue, ...]
     other_aus: dict[int, int]
+    au_ids: tuple[int, ...] = ()
 
     def reasons(self, status: str) -> collections.Counter:
         """reason -> number of rows with `status` (each ';'-joined reason counted once)."""
@@ -68,7 +71,9 @@ class PreprocessReport:
                 _count_line("faces kept", counts["ok"]),
                 _count_line("skipped", counts["skipped"]),
                 _count_line("label-file warnings", counts["warning"]),
-                f"  AU codes outside the 8 pain AUs (ignored for labels): {other}",
+                f"  AU columns stored: {', '.join(map(str, self.au_ids)) or 'none'} "
+                f"(choose a set at training time with --config.aus)",
+                f"  AU codes outside the 8 pain AUs: {other}",
         ]
         return "\n".join(lines)
 
@@ -92,7 +97,7 @@ def _count_line(what: str, reasons: collections.Counter) -> str:
 
 def preprocess(dataset: str, manual_dir: str | None, data_dir: str, report_path: str,
                **options) -> PreprocessReport:
-    """Build `dataset` ("ck_plus", "unbc_mcmaster", "manifest", "actor_study", "synthetic_faces") from
+    """Build `dataset` ("ck_plus", "unbc_mcmaster", "disfa", "bp4d", "manifest", "actor_study", "synthetic_faces") from
     `manual_dir` into `data_dir`, print a summary and write the per-file report CSV to `report_path`.
 
     options: see `builders.option_names(dataset)`. LayoutError (showing the expected tree) if `manual_dir` is not
@@ -104,7 +109,7 @@ def preprocess(dataset: str, manual_dir: str | None, data_dir: str, report_path:
 
     builder = builders.make_builder(dataset, data_dir, **options)
     builder.check_manual_dir(manual_dir)
-    builder.report_rows, builder.other_aus = [], {}
+    builder.report_rows, builder.other_aus, builder.au_ids = [], {}, ()
     download_config = tfds.download.DownloadConfig(
             manual_dir=manual_dir, download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS)
     try:
@@ -115,7 +120,7 @@ def preprocess(dataset: str, manual_dir: str | None, data_dir: str, report_path:
         failure = None
     finally:
         report = PreprocessReport(dataset, builder.builder_config.name, str(builder.data_path),
-                                  tuple(builder.report_rows), dict(builder.other_aus))
+                                  tuple(builder.report_rows), dict(builder.other_aus), tuple(builder.au_ids))
         report.write_csv(report_path)
         print(report.summary())
         print(f"  report: {report_path}")
@@ -146,6 +151,7 @@ def load_records(dataset: str, data_dir: str, **options) -> records.FaceRecords:
     path = _built_path(dataset, data_dir, options)
     builder = tfds.builder_from_directory(path)
     has_blendshapes = builders.BLENDSHAPE_FEATURE in builder.info.features
+    au_ids = tuple((builder.info.metadata or {}).get(builders.AU_IDS_METADATA, facs.PAIN_AUS))  # older builds: pain
     source = builder.as_data_source(split="train")
     fields = ["landmarks", "labels", "intensity", "subject", "source"] + \
         ([builders.BLENDSHAPE_FEATURE] if has_blendshapes else [])
@@ -167,7 +173,7 @@ def load_records(dataset: str, data_dir: str, **options) -> records.FaceRecords:
                                 intensity=_stack(examples, "intensity", np.float32),
                                 subject=_texts(examples, "subject"), source=_texts(examples, "source"), name=dataset,
                                 blendshapes=_stack(examples, builders.BLENDSHAPE_FEATURE, np.float32)
-                                if has_blendshapes else None)
+                                if has_blendshapes else None, au_ids=au_ids)
     return records.validate(faces, f"{dataset} ({path})")
 
 
