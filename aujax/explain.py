@@ -4,8 +4,9 @@ regions (μ and the other localisation metrics), and the heatmaps of the figures
 
 For each composite (`config.explain.composite` first, the main one; then `config.explain.compare`) and each role, the
 first `config.explain.max_images` images are explained in batches split over all devices of all hosts; one jitted
-function per batch runs the forward pass, the LRP backward pass for all 8 AUs, the region masks and the metrics, so
-heatmaps never leave the device. μ counts only correctly predicted AUs (label 1 and prediction 1), as in the paper.
+function per batch runs the forward pass, the LRP backward pass for every AU of the records' AU set (`au_ids`, the
+model's outputs in that order), the region masks and the metrics, so heatmaps never leave the device. μ counts only
+correctly predicted AUs (label 1 and prediction 1), as in the paper.
 """
 
 import dataclasses
@@ -17,23 +18,23 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from aujax import distributed, facs, localisation, lrp, metrics, regions
+from aujax import distributed, localisation, lrp, metrics, regions
 from aujax.data import records as records_lib
 from aujax.progress import Progress
 
 
 @functools.lru_cache(maxsize=None)
-def explain_and_score_fn(composite: str, epsilon: float, metrics: tuple[str, ...] = localisation.METRIC_NAMES,
-                         mesh: Mesh | None = None):
-    """jitted `(canonical, images uint8 (b,112,112,3), landmarks (b,68,2)) -> (probabilities (b,8), scores)`,
-    scores holding the localisation `metrics`; with `mesh`, the outputs are replicated over it (so that every process
-    can read them whatever the inputs' sharding)."""
+def explain_and_score_fn(composite: str, epsilon: float, aus: tuple[int, ...],
+                         metrics: tuple[str, ...] = localisation.METRIC_NAMES, mesh: Mesh | None = None):
+    """jitted `(canonical, images uint8 (b,112,112,3), landmarks (b,68,2)) -> (probabilities (b,A), scores)` of a
+    model whose A outputs are the AUs `aus`, scores holding the localisation `metrics` ((b, A) each); with `mesh`, the
+    outputs are replicated over it (so that every process can read them whatever the inputs' sharding)."""
     explain_fn = lrp.make_explain_fn(composite, epsilon)
 
     def explain_and_score(canonical, images, landmarks):
         logits, relevance = explain_fn(canonical, images.astype(jnp.float32) / 255.0)
-        scores = localisation.localisation_metrics(lrp.pixel_heatmaps(relevance), regions.au_region_masks(landmarks),
-                                                   names=metrics)
+        scores = localisation.localisation_metrics(lrp.pixel_heatmaps(relevance),
+                                                   regions.au_region_masks(landmarks, aus=aus), names=metrics)
         return jax.nn.sigmoid(logits), scores
 
     return jax.jit(explain_and_score, out_shardings=None if mesh is None else NamedSharding(mesh, P()))
@@ -42,13 +43,15 @@ def explain_and_score_fn(composite: str, epsilon: float, metrics: tuple[str, ...
 def explain_records(canonical: dict, records: records_lib.FaceRecords, composites: tuple[str, ...], epsilon: float,
                     batch_size: int, mesh: Mesh, metrics: tuple[str, ...] = localisation.METRIC_NAMES
                     ) -> dict[str, tuple[np.ndarray, localisation.LocalisationScores]]:
-    """{composite: (probabilities (n, 8), localisation scores ((n, 8) per metric))} of every image of `records`.
+    """{composite: (probabilities (n, A), localisation scores ((n, A) per metric))} of every image of `records`, for
+    the A AUs of `records.au_ids` (the model's outputs, in that order).
 
     Each batch is split over the devices of `mesh` (data parallel; `batch_size` a multiple of their number); each
     process reads only the images and landmarks of its own devices, once per batch for all `composites`. Batches come
     from `records.padded_batches`, so one compiled function per composite serves all of them.
     """
-    fns = {composite: explain_and_score_fn(composite, epsilon, metrics, mesh) for composite in composites}
+    fns = {composite: explain_and_score_fn(composite, epsilon, records.au_ids, metrics, mesh)
+           for composite in composites}
     probabilities, parts, read = {c: [] for c in composites}, {c: [] for c in composites}, 0
     with Progress(len(records), f"explain {records.name}") as progress:
         for index, valid in records_lib.padded_batches(np.arange(len(records)), batch_size):
@@ -61,7 +64,8 @@ def explain_records(canonical: dict, records: records_lib.FaceRecords, composite
                 parts[composite].append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:valid], scores))
             progress.advance(valid)
     logging.info("%s: process %d read %d of %d images", records.name, jax.process_index(), read, len(records))
-    return {c: (np.concatenate(probabilities[c]), localisation.concatenate_scores(parts[c], facs.NUM_AUS, metrics))
+    return {c: (np.concatenate(probabilities[c]),
+                localisation.concatenate_scores(parts[c], len(records.au_ids), metrics))
             for c in composites}
 
 
@@ -69,9 +73,9 @@ def explain_records(canonical: dict, records: records_lib.FaceRecords, composite
 class RoleResult:
     """One role's explained subset under one composite.
 
-    records: the n explained images; probabilities: (n, 8); scores: localisation scores, (n, 8) per metric;
-    predictions: (n, 8) bool; selected: (n, 8) bool, the correctly predicted AUs (those μ counts); summaries:
-    {metric: tuple of 8 `localisation.AUSummary`} over the selected, defined pairs.
+    records: the n explained images (their `au_ids`, A AUs, are the columns below); probabilities: (n, A); scores:
+    localisation scores, (n, A) per metric; predictions: (n, A) bool; selected: (n, A) bool, the correctly predicted
+    AUs (those μ counts); summaries: {metric: tuple of A `localisation.AUSummary`} over the selected, defined pairs.
     """
 
     records: records_lib.FaceRecords
@@ -86,7 +90,7 @@ class RoleResult:
         predictions = metrics.decisions(probabilities, threshold)
         selected = localisation.correct_positives(records.labels, predictions)
         return cls(records, probabilities, scores, predictions, selected,
-                   localisation.summarise_scores(scores, selected))
+                   localisation.summarise_scores(scores, selected, records.au_ids))
 
 
 @dataclasses.dataclass
@@ -126,8 +130,8 @@ def explain_roles(canonical: dict, roles: dict, cfg, threshold: float) -> Explai
 
 
 def pixel_heatmaps_of(canonical, images: np.ndarray, cfg) -> np.ndarray:
-    """(8, k, 112, 112) pixel heatmaps of k uint8 images under the main composite, in padded batches of
-    `cfg.batch_size` so that one compiled function serves every call."""
+    """(A, k, 112, 112) pixel heatmaps (A: the model's outputs) of k uint8 images under the main composite, in
+    padded batches of `cfg.batch_size` so that one compiled function serves every call."""
     explain_fn = lrp.make_explain_fn(cfg.composite, cfg.epsilon)
     parts = []
     for index, valid in records_lib.padded_batches(np.arange(len(images)), cfg.batch_size):
@@ -148,11 +152,13 @@ class Figure2Examples:
 
 @dataclasses.dataclass
 class HeatmapGrid:
-    """The first k images of a role: heatmaps (8, k, 112, 112), images (k, 112, 112, 3) uint8, a title each."""
+    """The first k images of a role: heatmaps (A, k, 112, 112) of the AUs `au_ids`, images (k, 112, 112, 3) uint8, a
+    title each."""
 
     heatmaps: np.ndarray
     images: np.ndarray
     titles: list[str]
+    au_ids: tuple[int, ...]
 
 
 def figure2_examples(canonical, result: RoleResult, cfg) -> list[Figure2Examples]:
@@ -160,7 +166,7 @@ def figure2_examples(canonical, result: RoleResult, cfg) -> list[Figure2Examples
     without such a pair are left out)."""
     mu = result.scores.values["mu"]
     chosen = {}
-    for j, au in enumerate(facs.AU_IDS):
+    for j, au in enumerate(result.records.au_ids):
         usable = np.flatnonzero(result.selected[:, j] & result.scores.defined["mu"][:, j])
         if not len(usable):
             logging.info("figure 2: no correctly predicted AU%d to show", au)
@@ -172,13 +178,14 @@ def figure2_examples(canonical, result: RoleResult, cfg) -> list[Figure2Examples
         return []
     needed = np.unique(np.concatenate(list(chosen.values())))
     heatmaps = pixel_heatmaps_of(canonical, result.records.image[needed], cfg)
-    return [Figure2Examples(facs.AU_IDS[j], picked, heatmaps[j, np.searchsorted(needed, picked)], mu[picked, j])
-            for j, picked in chosen.items()]
+    return [Figure2Examples(result.records.au_ids[j], picked, heatmaps[j, np.searchsorted(needed, picked)],
+                            mu[picked, j]) for j, picked in chosen.items()]
 
 
 def heatmap_grid(canonical, records: records_lib.FaceRecords, cfg) -> HeatmapGrid:
     """The heatmaps of the first `cfg.grid_images` images, titled by subject and labelled AUs."""
     count = min(len(records), cfg.grid_images)
-    titles = [f"{records.subject[i]} " + ",".join(str(a) for a, l in zip(facs.AU_IDS, records.labels[i]) if l)
+    titles = [f"{records.subject[i]} " + ",".join(str(a) for a, l in zip(records.au_ids, records.labels[i]) if l)
               for i in range(count)]
-    return HeatmapGrid(pixel_heatmaps_of(canonical, records.image[:count], cfg), records.image[:count], titles)
+    return HeatmapGrid(pixel_heatmaps_of(canonical, records.image[:count], cfg), records.image[:count], titles,
+                       records.au_ids)

@@ -54,9 +54,21 @@ def _show_face(ax, image: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def region_boxes(landmarks: np.ndarray) -> np.ndarray:
-    """(k, 68, 2) landmarks -> float (k, 8, K, 4) AU boxes (x0, y0, x1, y1) from `regions.au_region_boxes`."""
-    return np.asarray(regions.au_region_boxes(np.asarray(landmarks, np.float32)))
+def region_boxes(landmarks: np.ndarray, aus: Sequence[int]) -> np.ndarray:
+    """(k, 68, 2) landmarks -> float (k, A, K, 4) boxes (x0, y0, x1, y1) of the A AUs `aus` from
+    `regions.au_region_boxes`."""
+    return np.asarray(regions.au_region_boxes(np.asarray(landmarks, np.float32), aus=tuple(aus)))
+
+
+def _face_and_au_axes(figure: Figure, count: int, width_per_column: float, height_per_row: float) -> tuple:
+    """The face's axes (two columns wide, all rows high) and `count` AU axes beside it, 4 per row up to 8 AUs, 6 per
+    row for more; the figure sized to fit. Returns (face axes, [AU axes])."""
+    columns = 4 if count <= 8 else 6
+    rows = max(2, -(-count // columns))
+    figure.set_size_inches(width_per_column * (columns + 2), height_per_row * rows)
+    grid = figure.add_gridspec(rows, columns + 2)
+    return figure.add_subplot(grid[:, :2]), [figure.add_subplot(grid[a // columns, 2 + a % columns])
+                                             for a in range(count)]
 
 
 def _draw_region(ax, boxes: np.ndarray, fill: bool) -> None:
@@ -79,32 +91,31 @@ def _number_landmarks(ax, landmarks: np.ndarray) -> None:
                 path_effects=outline, ha="left", va="top" if below else "bottom")
 
 
-def figure1_regions_figure(image: np.ndarray, landmarks: np.ndarray) -> Figure:
-    """The paper's Figure 1: the face with its 68 numbered landmarks and one panel per AU with its region.
+def figure1_regions_figure(image: np.ndarray, landmarks: np.ndarray, aus: Sequence[int]) -> Figure:
+    """The paper's Figure 1: the face with its 68 numbered landmarks and one panel per AU of the set `aus` with its
+    region.
 
     image: (112, 112, 3) uint8; landmarks: (68, 2) (x, y) crop pixels, iBUG-68 order.
     """
     image, landmarks = np.asarray(image), np.asarray(landmarks, np.float32)
     _check_shape("image", image, (facs.IMAGE_SIZE, facs.IMAGE_SIZE, 3))
     _check_shape("landmarks", landmarks, (facs.NUM_LANDMARKS, 2))
-    boxes = region_boxes(landmarks[None])[0]
-    figure = Figure(figsize=(13.0, 4.9), layout="constrained")
-    grid = figure.add_gridspec(2, 6)
-    face_ax = figure.add_subplot(grid[:, :2])
+    boxes = region_boxes(landmarks[None], aus)[0]
+    figure = Figure(layout="constrained")
+    face_ax, au_axes = _face_and_au_axes(figure, len(aus), 13.0 / 6, 4.9 / 2)
     _show_face(face_ax, image)
     _number_landmarks(face_ax, landmarks)
     face_ax.set_title("68 landmarks (iBUG order, 0-based ids)", fontsize=9)
-    for a, au in enumerate(facs.AU_IDS):
-        ax = figure.add_subplot(grid[a // 4, 2 + a % 4])
+    for ax, au, au_boxes in zip(au_axes, aus, boxes):
         _show_face(ax, image)
-        _draw_region(ax, boxes[a], fill=True)
-        ax.set_title(lrp_heatmaps.au_label(au), fontsize=9)
+        _draw_region(ax, au_boxes, fill=True)
+        ax.set_title(facs.au_label(au), fontsize=9)
     return figure
 
 
-def figure1_regions(image: np.ndarray, landmarks: np.ndarray, path) -> Path:
+def figure1_regions(image: np.ndarray, landmarks: np.ndarray, aus: Sequence[int], path) -> Path:
     """`figure1_regions_figure` written as a PNG at 200 dpi (landmark ids readable zoomed in); returns the path."""
-    return save_figure(figure1_regions_figure(image, landmarks), path, dpi=200)
+    return save_figure(figure1_regions_figure(image, landmarks, aus), path, dpi=200)
 
 
 def _mu_title(mu: float) -> str:
@@ -120,7 +131,6 @@ def figure2_panel_figure(au: int, images: np.ndarray, heatmaps: np.ndarray, land
     mu: (k,) float, NaN shown as n/a. The heatmaps use the LRP colours of `aujax.lrp.heatmaps`, each scaled
     symmetrically by its own max |R|.
     """
-    column = facs.au_column(au)
     images, heatmaps = np.asarray(images), np.asarray(heatmaps, np.float64)
     landmarks, mu = np.asarray(landmarks, np.float32), np.asarray(mu, np.float64)
     size = facs.IMAGE_SIZE
@@ -132,7 +142,7 @@ def figure2_panel_figure(au: int, images: np.ndarray, heatmaps: np.ndarray, land
     _check_shape("landmarks", landmarks, (k, facs.NUM_LANDMARKS, 2))
     _check_shape("mu", mu, (k,))
     order = np.argsort(np.where(np.isfinite(mu), mu, np.inf), kind="stable")
-    boxes = region_boxes(landmarks)[:, column]
+    boxes = region_boxes(landmarks, (au,))[:, 0]
     figure = Figure(figsize=(1.6 * k + 0.8, 4.0), layout="constrained")
     axes = figure.subplots(2, k, squeeze=False)
     for position, i in enumerate(order):
@@ -147,29 +157,27 @@ def figure2_panel_figure(au: int, images: np.ndarray, heatmaps: np.ndarray, land
     colourbar = figure.colorbar(colours, ax=axes[1, :].tolist(), shrink=0.9, ticks=[-1, 0, 1])
     colourbar.set_label("R / max |R|", fontsize=8)
     colourbar.ax.tick_params(labelsize=7)
-    figure.suptitle(f"{lrp_heatmaps.au_label(au)}: examples sorted by μ (low to high)", fontsize=10)
+    figure.suptitle(f"{facs.au_label(au)}: examples sorted by μ (low to high)", fontsize=10)
     return figure
 
 
 def explained_image_figure(image: np.ndarray, heatmaps: np.ndarray, landmarks: np.ndarray, probabilities: np.ndarray,
-                           mu: np.ndarray, threshold: float) -> Figure:
-    """One face explained: the crop with its landmarks, then per AU its heatmap over the face with the AU's region,
-    the probability, the decision and μ.
+                           mu: np.ndarray, threshold: float, aus: Sequence[int]) -> Figure:
+    """One face explained: the crop with its landmarks, then per AU of the set `aus` (A AUs, the model's outputs) its
+    heatmap over the face with the AU's region, the probability, the decision and μ.
 
-    image: (112, 112, 3) uint8; heatmaps: (8, 112, 112) pixel relevance; landmarks: (68, 2); probabilities, mu: (8,).
+    image: (112, 112, 3) uint8; heatmaps: (A, 112, 112) pixel relevance; landmarks: (68, 2); probabilities, mu: (A,).
     """
     image, heatmaps = np.asarray(image), np.asarray(heatmaps, np.float64)
     landmarks = np.asarray(landmarks, np.float32)
-    _check_shape("heatmaps", heatmaps, (facs.NUM_AUS, facs.IMAGE_SIZE, facs.IMAGE_SIZE))
-    boxes = region_boxes(landmarks[None])[0]
-    figure = Figure(figsize=(12.0, 3.6), layout="constrained")
-    grid = figure.add_gridspec(2, 6)
-    face_ax = figure.add_subplot(grid[:, :2])
+    _check_shape("heatmaps", heatmaps, (len(aus), facs.IMAGE_SIZE, facs.IMAGE_SIZE))
+    boxes = region_boxes(landmarks[None], aus)[0]
+    figure = Figure(layout="constrained")
+    face_ax, au_axes = _face_and_au_axes(figure, len(aus), 2.0, 1.8)
     _show_face(face_ax, image)
     face_ax.scatter(landmarks[:, 0], landmarks[:, 1], s=4, c=LANDMARK_COLOUR, linewidths=0)
     face_ax.set_title("face crop and landmarks", fontsize=9)
-    for a, au in enumerate(facs.AU_IDS):
-        ax = figure.add_subplot(grid[a // 4, 2 + a % 4])
+    for a, (ax, au) in enumerate(zip(au_axes, aus)):
         _show_face(ax, lrp_heatmaps.blend_heatmap(image / 255.0, heatmaps[a]))
         _draw_region(ax, boxes[a], fill=False)
         decision = "yes" if probabilities[a] >= threshold else "no"
@@ -249,9 +257,9 @@ def read_fold_histories(workdir: str) -> dict[str, list[dict]]:
     return histories
 
 
-def mu_by_au(mu: np.ndarray, keep: np.ndarray, au_ids: Sequence[int] = facs.AU_IDS) -> dict[str, np.ndarray]:
-    """(n, 8) μ and a (n, 8) bool mask of the pairs to show (e.g. correct positives & defined) ->
-    {'AU4': 1-D array of the kept μ values, ...}, the input of `mu_distributions`."""
+def mu_by_au(mu: np.ndarray, keep: np.ndarray, au_ids: Sequence[int]) -> dict[str, np.ndarray]:
+    """(n, A) μ and a (n, A) bool mask of the pairs to show (e.g. correct positives & defined) of the A AUs `au_ids`
+    -> {'AU4': 1-D array of the kept μ values, ...}, the input of `mu_distributions`."""
     mu, keep = np.asarray(mu), np.asarray(keep, bool)
     if mu.shape != keep.shape or mu.ndim != 2 or mu.shape[1] != len(au_ids):
         raise ValueError(f"mu {mu.shape} and keep {keep.shape} must both be (n, {len(au_ids)})")
@@ -309,19 +317,20 @@ def mu_distributions(mu_by_dataset: Mapping[str, Mapping[str, np.ndarray]], path
 
 def write_explained(run: rundir.RunDir, explained, figure2_examples: list, grids: dict,
                     histories: Mapping[str, Sequence[Mapping]]) -> None:
-    """The explain stage's figures under `run.figures`: Figure 1 (the first cv face), Figure 2 per AU
-    (`explain.Figure2Examples` of the cv role), one heatmap grid per role ({role: `explain.HeatmapGrid`}), the
+    """The explain stage's figures under `run.figures`: Figure 1 (the first cv face, every AU of the set), Figure 2
+    per AU (`explain.Figure2Examples` of the cv role), one heatmap grid per role ({role: `explain.HeatmapGrid`}), the
     training curves of `histories` and the μ distributions of every role under the main composite."""
     main = explained.main
     first = main["cv"].records
-    figure1_regions(first.image[0], first.landmarks[0], run.figure(rundir.FIGURE1))
+    figure1_regions(first.image[0], first.landmarks[0], first.au_ids, run.figure(rundir.FIGURE1))
     for example in figure2_examples:
         figure2_panel(example.au, first.image[example.index], example.heatmaps, first.landmarks[example.index],
                       example.mu, run.figure(rundir.figure2(example.au)))
     for role, grid in grids.items():
         lrp_heatmaps.save_heatmap_grid(run.figure(rundir.heatmap_grid(role)), grid.heatmaps, grid.images / 255.0,
-                                       grid.titles)
+                                       grid.titles, au_ids=grid.au_ids)
     training_curves(histories, run.figure(rundir.TRAINING_CURVES))
     mu_distributions({result.records.name: mu_by_au(result.scores.values["mu"],
-                                                    result.selected & result.scores.defined["mu"])
+                                                    result.selected & result.scores.defined["mu"],
+                                                    result.records.au_ids)
                       for result in main.values()}, run.figure(rundir.MU_DISTRIBUTIONS))

@@ -71,7 +71,7 @@ class FigureKind:
 
 def _figure2_caption(match: re.Match) -> str:
     au = int(match.group(1))
-    label = f"AU{au} {facs.AU_NAMES[au]}" if au in facs.AU_NAMES else f"AU{au}"
+    label = facs.au_label(au)
     return (f"{label}: the faces with the lowest and highest μ (top) and their LRP heatmaps over the face (bottom; "
             "red: evidence for the AU, blue: against, each scaled by its own max |R|) with the AU's region.")
 
@@ -186,7 +186,7 @@ def table_section(csv_path: Path) -> str:
     """One CSV as an HTML table. Tables in `report.write_table` form (AU columns and notes) show empty cells as
     n/a and their notes, the reasons for n/a, under the table; other CSVs are shown as they are."""
     header, rows = _read_csv(csv_path)
-    is_au_table = set(report.AU_COLUMNS) <= set(header)
+    is_au_table = bool(report.au_columns(header))
     notes_column = header.index("notes") if is_au_table and "notes" in header else None
     shown = [i for i in range(len(header)) if i != notes_column]
     head = "".join(f"<th>{html.escape(header[i])}</th>" for i in shown)

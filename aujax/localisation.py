@@ -60,8 +60,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aujax import facs
-
 METRIC_NAMES = (
         "mu",
         "mu_weighted",
@@ -265,7 +263,7 @@ def localisation_metrics(heatmaps, masks, top_k: int | None = None,
                          names: tuple[str, ...] = METRIC_NAMES) -> LocalisationScores:
     """The metrics `names` for every (image, AU) pair, vmapped over images and AUs.
 
-    heatmaps: (au, n, H, W) float pixel relevance, AUs in `facs.AU_IDS` order.
+    heatmaps: (au, n, H, W) float pixel relevance, AUs in the order of the masks' AU set.
     masks: (n, au, H, W) bool AU regions.
     top_k: pixels for `top_k_intersection`, in [1, H·W]; None → `default_top_k(H, W)`.
     names: which of `METRIC_NAMES`; the others are not computed, and without any of `RANK_METRICS` the per-pair sort
@@ -345,7 +343,7 @@ def concatenate_scores(parts: list, num_aus: int, names: tuple[str, ...]) -> Loc
     )
 
 
-def summarise_per_au(values, selected, defined, au_ids=facs.AU_IDS) -> tuple[AUSummary, ...]:
+def summarise_per_au(values, selected, defined, au_ids) -> tuple[AUSummary, ...]:
     """Per-AU mean, std and counts of one metric over the selected and defined pairs; NaN-free.
 
     values: (n, au) float; selected: (n, au) bool, e.g. `correct_positives(labels, predictions)`; defined: (n, au)
@@ -371,13 +369,13 @@ def _summarise_column(au: int, used_values: np.ndarray, n_excluded: int) -> AUSu
     return AUSummary(au, float(np.mean(used_values)), float(np.std(used_values)), n, n_excluded, None)
 
 
-def summarise_scores(scores: LocalisationScores, selected, au_ids=facs.AU_IDS) -> dict:
+def summarise_scores(scores: LocalisationScores, selected, au_ids) -> dict:
     """`summarise_per_au` for every metric in `scores`: {metric name: tuple of AUSummary}."""
     return {name: summarise_per_au(scores.values[name], selected, scores.defined[name], au_ids)
             for name in scores.values}
 
 
-def summarise_per_subject(values, selected, defined, subjects, au_ids=facs.AU_IDS) -> dict:
+def summarise_per_subject(values, selected, defined, subjects, au_ids) -> dict:
     """`summarise_per_au` within each subject: {subject: tuple of AUSummary}, subjects sorted.
 
     subjects: (n,) str, the subject of each image row.

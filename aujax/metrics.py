@@ -5,22 +5,24 @@ number (the paper leaves AU27 out on UNBC for having 16 images). It is kept in t
 shows "n/a" and says why instead of a 0.
 """
 
-import numpy as np
+from collections.abc import Sequence
 
-from aujax import facs
+import numpy as np
 
 
 def decisions(probabilities: np.ndarray, threshold: float) -> np.ndarray:
-    """(n, 8) probabilities in [0, 1] -> (n, 8) uint8 decisions (1 where probability >= threshold)."""
+    """(n, A) probabilities in [0, 1] -> (n, A) uint8 decisions (1 where probability >= threshold)."""
     return (np.asarray(probabilities) >= threshold).astype(np.uint8)
 
 
-def per_au_scores(labels: np.ndarray, predictions: np.ndarray, min_support: int = 1) -> dict:
+def per_au_scores(labels: np.ndarray, predictions: np.ndarray, min_support: int = 1, *,
+                  au_ids: Sequence[int]) -> dict:
     """Precision, recall, F1 and support of each AU.
 
     Args:
-      labels, predictions: (n, 8) {0, 1} in `facs.AU_IDS` order.
+      labels, predictions: (n, A) {0, 1}, columns in `au_ids` order.
       min_support: fewest positive labels for an AU to be scored.
+      au_ids: the A AUs of the columns (the records' `au_ids`).
 
     Returns:
       {"AU4": {"f1", "precision", "recall", "support", "n", "reason"}, ...}: scores are floats in [0, 1] or None
@@ -31,8 +33,11 @@ def per_au_scores(labels: np.ndarray, predictions: np.ndarray, min_support: int 
     true_pos = (labels & predictions).sum(0)
     pred_pos = predictions.sum(0)
     support = labels.sum(0)
+    if labels.shape != predictions.shape or labels.ndim != 2 or labels.shape[1] != len(au_ids):
+        raise ValueError(f"labels {labels.shape} and predictions {predictions.shape} must both be (n, {len(au_ids)}), "
+                         f"one column per AU of {tuple(au_ids)}")
     scores = {}
-    for col, au in enumerate(facs.AU_IDS):
+    for col, au in enumerate(au_ids):
         entry = {"support": int(support[col]), "n": int(len(labels)), "f1": None, "precision": None,
                  "recall": None, "reason": ""}
         if support[col] < max(min_support, 1):
@@ -53,9 +58,10 @@ def mean_f1(scores: dict) -> float | None:
 
 
 def mean_over_folds(fold_scores: list[dict]) -> dict:
-    """Average each AU's F1, precision and recall over the folds where it was scored (with the std and fold count)."""
+    """Average each AU's F1, precision and recall over the folds where it was scored (with the std and fold count);
+    the AUs are those of the folds' scores (`per_au_scores` of the same AU set), in their order."""
     summary = {}
-    for au in (f"AU{a}" for a in facs.AU_IDS):
+    for au in (fold_scores[0] if fold_scores else {}):
         scored = [s[au] for s in fold_scores if s[au]["f1"] is not None]
         entry = {"folds": len(scored), "support": int(sum(s[au]["support"] for s in fold_scores)), "reason": ""}
         for key in ("f1", "precision", "recall"):

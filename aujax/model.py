@@ -185,7 +185,7 @@ def mobilenet_v2_graph(widths: Sequence[int], num_outputs: int) -> Graph:
     return b.head(x, num_outputs)
 
 
-def create_graph(name: str = "resnet18", widths="full", num_outputs: int = facs.NUM_AUS) -> Graph:
+def create_graph(name: str = "resnet18", widths="full", num_outputs: int = len(facs.PAIN_AUS)) -> Graph:
     """The graph of architecture `name` (one of `ARCHITECTURES`) at `widths` (see `resolve_widths`), ending in
     `num_outputs` logits."""
     widths = resolve_widths(widths, name)
@@ -290,7 +290,7 @@ class GraphModel(nn.Module):
         return values[self.graph.output]
 
 
-def create_model(widths="full", num_outputs: int = facs.NUM_AUS, name: str = "resnet18") -> GraphModel:
+def create_model(widths="full", num_outputs: int = len(facs.PAIN_AUS), name: str = "resnet18") -> GraphModel:
     """The Flax module of architecture `name` (config `model.name`) at `widths` (config `model.widths`) with
     `num_outputs` logits; its graph is `create_model(...).graph`."""
     return GraphModel(create_graph(name, widths, num_outputs))

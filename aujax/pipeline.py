@@ -14,6 +14,7 @@ import jax
 import ml_collections
 from absl import logging
 
+from aujax import facs
 from aujax import files
 from aujax import html_report
 from aujax import localisation
@@ -36,7 +37,9 @@ MODES = {
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, train.NonFiniteLossError,
                train.TrainingStopped)
 # Settings that change what a run trains: a workdir holding checkpoints of other settings is refused.
-_RUN_IDENTITY = ("seed", "data", "synthetic", "model", "train", "protocol")
+_RUN_IDENTITY = ("seed", "aus", "data", "synthetic", "model", "train", "protocol")
+# What a run record written before a setting existed means by it (its run had that setting's one value then).
+_BEFORE_THE_SETTING = {"aus": ",".join(map(str, facs.PAIN_AUS))}
 # Fields of those sections that change how a run is watched, not what it computes: neither recorded nor compared (so a
 # workdir trained before such a field existed still resumes).
 _WATCHING_ONLY = {"train": ("log_every_steps",)}
@@ -44,6 +47,10 @@ _WATCHING_ONLY = {"train": ("log_every_steps",)}
 
 def check_settings(config) -> None:
     """Clear errors for settings that cannot work, before any data is generated or read."""
+    try:
+        facs.resolve_aus(config.aus)
+    except ValueError as e:
+        raise ValueError(f"--config.aus: {e}") from None
     model_lib.resolve_widths(config.model.widths)
     for composite in (config.explain.composite, *config.explain.compare):
         if composite not in lrp.COMPOSITES:
@@ -87,16 +94,18 @@ def prepare_workdir(workdir: str, config) -> None:
     if saved is None or not protocol.holds_trained_state(workdir):
         return
     settings = run_settings(config)
-    changed = [k for k in _RUN_IDENTITY if saved.get(k) != settings[k]]
+    changed = [k for k in _RUN_IDENTITY if saved.get(k, _BEFORE_THE_SETTING.get(k)) != settings[k]]
     if changed:
         raise ValueError(f"--workdir={workdir} holds a run with other settings ({', '.join(changed)} differ from "
                          f"{path}); use a new --workdir or the same settings")
 
 
 def run_settings(config) -> dict:
-    """The settings of `_RUN_IDENTITY` but `_WATCHING_ONLY`, as config.json holds them (JSON types)."""
+    """The settings of `_RUN_IDENTITY` but `_WATCHING_ONLY`, as config.json holds them (JSON types; the AU set as
+    its ids, "4,6,7,...", whichever way the config names it)."""
     settings = json.loads(json.dumps({k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
                                       for k in _RUN_IDENTITY}))
+    settings["aus"] = ",".join(map(str, facs.resolve_aus(config.aus)))
     for section, fields in _WATCHING_ONLY.items():
         for field in fields:
             settings[section].pop(field, None)
@@ -144,8 +153,10 @@ def adopt_run_settings(workdir: str, config) -> None:
     if saved is None:
         return
     with config.unlocked():
-        for key in (k for k in _RUN_IDENTITY if k in saved):
-            config[key] = ml_collections.ConfigDict(saved[key]) if isinstance(saved[key], dict) else saved[key]
+        for key in _RUN_IDENTITY:
+            value = saved.get(key, _BEFORE_THE_SETTING.get(key))
+            if value is not None:
+                config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
     logging.info("using the settings of the trained run in %s", rundir.RunDir(workdir).config)
 
 

@@ -26,6 +26,7 @@ from absl import logging
 
 from aujax import checkpoints
 from aujax import distributed
+from aujax import facs
 from aujax import files
 from aujax import metrics
 from aujax import model as model_lib
@@ -65,7 +66,7 @@ def train_config(config) -> train.TrainConfig:
 class FoldResult:
     name: str
     test_index: np.ndarray      # (n,) into the resident dataset
-    probabilities: np.ndarray   # (n, 8)
+    probabilities: np.ndarray   # (n, A), the run's AU set
     history: list
     seconds: float | None = None  # wall time of the session that finished the fold (training and prediction)
 
@@ -102,9 +103,12 @@ def holds_trained_state(workdir: str) -> bool:
 
 
 def load_roles(config) -> dict[str, records.FaceRecords]:
+    """Every role's records with the label columns of the run's AU set (`config.aus`), in its order; ValueError
+    naming the dataset and the AU where a role's dataset does not code one."""
+    aus = facs.resolve_aus(config.aus)
     roles = {}
     for role in sources.ROLES:
-        roles[role] = sources.load_role(role, config.data[role], config)
+        roles[role] = sources.load_role(role, config.data[role], config).with_aus(aus)
         logging.info("%s role: %s, %d images, %d subjects", role, roles[role].name, len(roles[role]),
                      len(roles[role].subjects))
     return roles
@@ -122,8 +126,7 @@ def run_training(config, workdir: str, roles: dict, on_start: Callable[[], None]
     finished = [finished_fold(workdir, fold) for fold in folds]
     check_batches([fold for fold, done in zip(folds, finished) if done is None], config.train.batch_size)
     on_start()
-    trainer = train.Trainer(model_lib.create_model(config.model.widths), train_config(config),
-                            distributed.make_mesh())
+    trainer = train.Trainer(create_model(config), train_config(config), distributed.make_mesh())
     data = train.put_on_devices(resident, trainer.mesh)
     stop = train.StopRequested().install()
     results = []
@@ -153,13 +156,21 @@ def check_batches(folds: list[train.FoldSpec], batch_size: int) -> None:
                          f"{batch_size}; lower --batch_size")
 
 
-def loso_scores(results: list[FoldResult], labels: np.ndarray, threshold: float, min_support: int):
-    """(pooled scores, mean-over-folds scores, per-fold scores) of the held-out predictions."""
+def create_model(config):
+    """The model of `config`: its architecture and widths, one output per AU of `config.aus`."""
+    return model_lib.create_model(config.model.widths, num_outputs=len(facs.resolve_aus(config.aus)))
+
+
+def loso_scores(results: list[FoldResult], labels: np.ndarray, threshold: float, min_support: int,
+                au_ids: tuple[int, ...]):
+    """(pooled scores, mean-over-folds scores, per-fold scores) of the held-out predictions; labels (N, A) of the AUs
+    `au_ids`."""
     per_fold = [metrics.per_au_scores(labels[r.test_index], metrics.decisions(r.probabilities, threshold),
-                                      min_support) for r in results]
+                                      min_support, au_ids=au_ids) for r in results]
     pooled_index = np.concatenate([r.test_index for r in results])
     pooled_prob = np.concatenate([r.probabilities for r in results])
-    pooled = metrics.per_au_scores(labels[pooled_index], metrics.decisions(pooled_prob, threshold), min_support)
+    pooled = metrics.per_au_scores(labels[pooled_index], metrics.decisions(pooled_prob, threshold), min_support,
+                                   au_ids=au_ids)
     return pooled, metrics.mean_over_folds(per_fold), per_fold
 
 
@@ -199,10 +210,9 @@ def loso_outcome(config, workdir: str, roles: dict) -> LosoOutcome:
     if missing:
         raise FileNotFoundError(f"{workdir}: folds for subjects {missing} have not finished; run --mode=train")
     pooled, fold_mean, per_fold = loso_scores(results, resident.labels, config.model.threshold,
-                                              config.protocol.min_support)
+                                              config.protocol.min_support, resident.au_ids)
     best = best_fold(per_fold)
-    trainer = train.Trainer(model_lib.create_model(config.model.widths), train_config(config),
-                            distributed.make_mesh())
+    trainer = train.Trainer(create_model(config), train_config(config), distributed.make_mesh())
     return LosoOutcome(resident, results, pooled, fold_mean, per_fold, best, trainer,
                        restore_fold_variables(trainer, workdir, best))
 
@@ -210,14 +220,20 @@ def loso_outcome(config, workdir: str, roles: dict) -> LosoOutcome:
 def baseline_rows(role_records: records.FaceRecords, min_support: int, table: str) -> list[dict]:
     """The table rows of the MediaPipe-blendshape baseline on `role_records`: `[{"method", "scores"}]` with
     `metrics.per_au_scores` of `blendshape_au_labels` against the labels, or `[]` (logged, naming `table`) when the
-    records carry no blendshapes (synthetic faces, builds with landmarks="dataset")."""
+    records carry no blendshapes (synthetic faces, builds with landmarks="dataset"). AUs without a blendshape rule
+    (`blendshapes.AU_RULES`) get no score, and say so."""
     if role_records.blendshapes is None:
         logging.info("%s has no MediaPipe blendshapes (synthetic faces or a landmarks=dataset build): %s gets no "
                      "%r row", role_records.name, table, BASELINE_METHOD)
         return []
-    predictions = blendshapes.blendshape_au_labels(role_records.blendshapes)
-    return [{"method": BASELINE_METHOD,
-             "scores": metrics.per_au_scores(role_records.labels, predictions, min_support)}]
+    aus = role_records.au_ids
+    ruled = [j for j, au in enumerate(aus) if au in blendshapes.AU_RULES]
+    predictions = np.zeros(role_records.labels.shape, np.uint8)
+    predictions[:, ruled] = blendshapes.blendshape_au_labels(role_records.blendshapes, tuple(aus[j] for j in ruled))
+    scores = metrics.per_au_scores(role_records.labels, predictions, min_support, au_ids=aus)
+    for au in (au for au in aus if au not in blendshapes.AU_RULES):
+        scores[f"AU{au}"].update(f1=None, precision=None, recall=None, reason="no MediaPipe blendshape rule")
+    return [{"method": BASELINE_METHOD, "scores": scores}]
 
 
 @dataclasses.dataclass
@@ -246,7 +262,7 @@ def evaluate(config, roles: dict, outcome: LosoOutcome) -> Evaluation:
     cross_prob = outcome.trainer.predict(outcome.variables, train.put_on_devices(roles["cross"], outcome.trainer.mesh),
                                          np.arange(len(roles["cross"])))
     cross_scores = metrics.per_au_scores(roles["cross"].labels, metrics.decisions(cross_prob, threshold),
-                                         min_support)
+                                         min_support, au_ids=roles["cross"].au_ids)
     pooled, fold_mean = outcome.pooled, outcome.fold_mean
     summary = {"best_fold": best, "best_fold_subject": results[best].name,
                "held_out_mean_f1_per_fold": {r.name: metrics.mean_f1(s) for r, s in zip(results, per_fold)},

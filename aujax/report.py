@@ -4,10 +4,10 @@ explain stage's tables (Table 3, its other metrics, μ beside F1, per-subject μ
 
 import csv
 import os
+import re
 
-from aujax import facs, files, localisation, metrics
+from aujax import files, localisation, metrics
 
-AU_COLUMNS = tuple(f"AU{a}" for a in facs.AU_IDS)
 OTHER_METRICS = ("mass_accuracy", "rank_accuracy", "pointing_game", "top_k_intersection", "roc_auc")
 
 
@@ -19,18 +19,26 @@ def _cell(value) -> str:
     return str(value)
 
 
+def au_columns(names) -> list[str]:
+    """The AU columns ('AU4', 'AU12', ...) among the column names `names`, in their order: a table's AUs are those of
+    the run's AU set, in its order."""
+    return [name for name in names if re.fullmatch(r"AU\d+", name)]
+
+
 def table_rows(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
-    """Flatten {"method": str, "scores": {"AU4": {...}, ...}} rows into one row per (method, key) with AU columns.
+    """Flatten {"method": str, "scores": {"AU4": {...}, ...}} rows into one row per (method, key) with AU columns
+    (those of the first row's scores, in their order: every row scores the same AUs).
 
     The `mean` column averages the AUs that have a value; AUs without one show "n/a" and their reason is kept in
     `notes`.
     """
     flat = []
+    columns = au_columns(rows[0]["scores"]) if rows else []
     for row in rows:
         for key in keys:
-            values = {au: row["scores"][au].get(key) for au in AU_COLUMNS}
+            values = {au: row["scores"][au].get(key) for au in columns}
             numbers = [v for v in values.values() if isinstance(v, float)]
-            notes = "; ".join(f"{au}: {row['scores'][au]['reason']}" for au in AU_COLUMNS
+            notes = "; ".join(f"{au}: {row['scores'][au]['reason']}" for au in columns
                               if values[au] is None and row["scores"][au].get("reason"))
             flat.append({"method": row["method"], "metric": key, **values,
                          "mean": sum(numbers) / len(numbers) if numbers and key != "support" else None,
@@ -44,7 +52,8 @@ def write_table(results_dir: str, stem: str, title: str, rows: list[dict], keys:
     os.makedirs(results_dir, exist_ok=True)
     tmp = os.path.join(results_dir, stem + ".csv.tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["method", "metric", *AU_COLUMNS, "mean", "notes"])
+        writer = csv.DictWriter(f, fieldnames=["method", "metric", *au_columns(flat[0] if flat else ()), "mean",
+                                               "notes"])
         writer.writeheader()
         writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in flat)
     os.replace(tmp, os.path.join(results_dir, stem + ".csv"))
@@ -54,11 +63,12 @@ def write_table(results_dir: str, stem: str, title: str, rows: list[dict], keys:
 
 def format_table(title: str, flat: list[dict]) -> str:
     label_width = max([len(f"{r['method']} {r['metric']}") for r in flat] + [10])
-    header = f"{'':<{label_width}}" + "".join(f"{c:>8}" for c in (*AU_COLUMNS, "mean"))
+    columns = (*au_columns(flat[0] if flat else ()), "mean")
+    header = f"{'':<{label_width}}" + "".join(f"{c:>8}" for c in columns)
     lines = [title, header]
     for r in flat:
         label = f"{r['method']} {r['metric']}"
-        lines.append(f"{label:<{label_width}}" + "".join(f"{_cell(r[c]):>8}" for c in (*AU_COLUMNS, "mean")))
+        lines.append(f"{label:<{label_width}}" + "".join(f"{_cell(r[c]):>8}" for c in columns))
     notes = sorted({r["notes"] for r in flat if r["notes"]})
     lines += [f"  n/a: {n}" for n in notes]
     return "\n".join(lines)
@@ -97,21 +107,21 @@ def write_explained(results_dir: str, explained, cfg, min_support: int, best_sub
 
 
 def _scores_row(summaries: dict, keys: tuple[str, ...]) -> dict:
-    """{'AU4': {key: value, 'reason': ...}, ...} for `write_table` from {metric: tuple of AUSummary}."""
+    """{'AU4': {key: value, 'reason': ...}, ...} for `write_table` from {metric: tuple of AUSummary} (one per AU of
+    the set, in its order)."""
     row = {}
-    for j, au in enumerate(facs.AU_IDS):
-        mu = summaries["mu"][j]
+    for j, mu in enumerate(summaries["mu"]):
         entry = {"n": mu.n, "n_excluded": mu.n_excluded, "reason": mu.reason or ""}
         for key in keys:
             if key not in ("n", "n_excluded"):
                 entry[key] = summaries[key][j].mean
-        row[f"AU{au}"] = entry
+        row[f"AU{mu.au}"] = entry
     return row
 
 
 def _mu_f1_rows(result, min_support: int) -> list[dict]:
     """The F1 row and the μ row of one role's `explain.RoleResult`."""
-    f1 = metrics.per_au_scores(result.records.labels, result.predictions, min_support)
+    f1 = metrics.per_au_scores(result.records.labels, result.predictions, min_support, au_ids=result.records.au_ids)
     mu = _scores_row(result.summaries, ("mu",))
     name = result.records.name
     return [{"method": f"{name} F1", "scores": {au: {"value": s["f1"], "reason": s["reason"]} for au, s in f1.items()}},
@@ -123,7 +133,8 @@ def _write_per_subject(path: str, results: dict) -> None:
     rows = []
     for result in results.values():
         per_subject = localisation.summarise_per_subject(result.scores.values["mu"], result.selected,
-                                                         result.scores.defined["mu"], result.records.subject)
+                                                         result.scores.defined["mu"], result.records.subject,
+                                                         result.records.au_ids)
         for subject, summaries in per_subject.items():
             for s in summaries:
                 rows.append({"dataset": result.records.name, "subject": subject, "au": f"AU{s.au}",

@@ -31,8 +31,8 @@ _FOLD_PREFIX = "fold_"
 
 
 def figure2(au: int) -> str:
-    """'figure2_AU4.png'; ValueError for an AU that is not one of ours."""
-    facs.au_column(au)
+    """'figure2_AU4.png'; ValueError for an AU that aujax has no region for."""
+    facs.resolve_aus([au])
     return f"{FIGURE2_PREFIX}AU{au}.png"
 
 

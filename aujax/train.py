@@ -48,7 +48,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 def positive_weights(labels: np.ndarray, max_weight: float) -> np.ndarray:
-    """Per-AU weight of the positive term, n_negative / n_positive of the training labels (n, 8), in [1, max_weight].
+    """Per-AU weight of the positive term, n_negative / n_positive of the training labels (n, A), in [1, max_weight].
 
     An AU without positives gets `max_weight`: it has no positive term to weigh, and no division by zero.
     """
@@ -60,7 +60,7 @@ def positive_weights(labels: np.ndarray, max_weight: float) -> np.ndarray:
 
 
 def weighted_bce(logits: jax.Array, labels: jax.Array, pos_weight: jax.Array) -> jax.Array:
-    """Mean over images and AUs of -(w y log σ(z) + (1 - y) log(1 - σ(z))); logits, labels (n, 8), pos_weight (8,)."""
+    """Mean over images and AUs of -(w y log σ(z) + (1 - y) log(1 - σ(z))); logits, labels (n, A), pos_weight (A,)."""
     labels = labels.astype(logits.dtype)
     log_p = jax.nn.log_sigmoid(logits)
     log_not_p = jax.nn.log_sigmoid(-logits)
@@ -77,11 +77,12 @@ class DeviceData:
 
     images: uint8 (rows_per_device * devices, 112, 112, 3), sharded over 'data' in blocks of `rows_per_device` rows;
       the rows past the dataset's end are zeros.
-    labels: uint8 (N, 8), replicated.
+    labels: uint8 (N, A), replicated; au_ids: the A AUs of its columns (the records' `au_ids`, the model's outputs).
     """
 
     images: jax.Array
     labels: jax.Array
+    au_ids: tuple[int, ...]
 
 
 def put_on_devices(records: FaceRecords, mesh: Mesh) -> DeviceData:
@@ -92,7 +93,7 @@ def put_on_devices(records: FaceRecords, mesh: Mesh) -> DeviceData:
     images, held = distributed.put_rows(records.image, np.where(index < num_images, index, -1), mesh)
     logging.info("%s: process %d holds %d of %d images on %d of %d devices (%d per device)", records.name,
                  jax.process_index(), held, num_images, len(mesh.local_devices), mesh.size, rows_per_device)
-    return DeviceData(images, jax.device_put(records.labels, NamedSharding(mesh, P())))
+    return DeviceData(images, jax.device_put(records.labels, NamedSharding(mesh, P())), records.au_ids)
 
 
 def init_state(model, optimizer, rng: jax.Array, mesh: Mesh) -> dict:
@@ -146,7 +147,7 @@ def make_train_step(model, optimizer, mesh: Mesh) -> Callable:
 
 
 def make_predict_fn(model, mesh: Mesh) -> Callable:
-    """jitted `(variables, data_images, index (B,)) -> probabilities (B, 8)` in eval mode."""
+    """jitted `(variables, data_images, index (B,)) -> probabilities (B, A)` in eval mode."""
 
     def predict(variables, images, index):
         return jax.nn.sigmoid(model.apply(variables, gather_batch(images, index, mesh), train=False))
@@ -161,11 +162,11 @@ def put_index(index: np.ndarray, mesh: Mesh) -> jax.Array:
 
 def predict_probabilities(predict_fn, variables, data: DeviceData, index: np.ndarray, batch_size: int,
                           mesh: Mesh) -> np.ndarray:
-    """Probabilities (len(index), 8) for the images at `index`, in batches padded to `batch_size`."""
+    """Probabilities (len(index), A) for the images at `index`, in batches padded to `batch_size`."""
     outputs = [(predict_fn(variables, data.images, put_index(batch, mesh)), valid)  # all dispatched, then fetched
                for batch, valid in padded_batches(index, batch_size)]
     return (np.concatenate([np.asarray(o)[:valid] for o, valid in outputs]) if outputs
-            else np.zeros((0, 8), np.float32))
+            else np.zeros((0, len(data.au_ids)), np.float32))
 
 
 def epoch_order(train_index: np.ndarray, seed: int, fold: int, epoch: int, batch_size: int) -> np.ndarray:
@@ -276,7 +277,7 @@ def fit_fold(trainer: Trainer, fold: FoldSpec, data: DeviceData, labels: np.ndar
     """Train one fold to `cfg.epochs`, resuming from `checkpoint_dir/latest` if a checkpoint is there.
 
     Args:
-      labels: (N, 8) host copy of the resident labels (for the positive weights and held-out scores).
+      labels: (N, A) host copy of the resident labels (for the positive weights and held-out scores).
 
     Returns:
       (variables of the last epoch {'params', 'batch_stats'}, history: one dict per epoch, kept across resumes in
@@ -328,7 +329,7 @@ def fit_fold(trainer: Trainer, fold: FoldSpec, data: DeviceData, labels: np.ndar
             variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
             probabilities = trainer.predict(variables, data, fold.test_index)
             scores = metrics.per_au_scores(labels[fold.test_index], metrics.decisions(probabilities, cfg.threshold),
-                                           cfg.min_support)
+                                           cfg.min_support, au_ids=data.au_ids)
             held_out_f1 = metrics.mean_f1(scores)
             improved = all(_best_score(held_out_f1) > _best_score(h["held_out_mean_f1"]) for h in history)
             record = {"epoch": epoch + 1, "step": step, "loss": epoch_loss, "held_out_mean_f1": held_out_f1,

@@ -325,7 +325,7 @@ def part_lrp_zennit(args) -> dict:
 def part_mu(args) -> dict:
     import jax
     import jax.numpy as jnp
-    from aujax import explain, localisation, lrp, regions
+    from aujax import explain, facs, localisation, lrp, regions
     from aujax import model as model_lib
     from aujax.data import synthetic
 
@@ -334,15 +334,15 @@ def part_mu(args) -> dict:
     landmarks = jax.device_put(np.resize(faces.landmarks, (args.batch_size,) + faces.landmarks.shape[1:]))
     heatmaps = jax.device_put(np.random.default_rng(0).standard_normal(
             (NUM_AUS, args.batch_size, IMAGE_SIZE, IMAGE_SIZE), np.float32))
-    masks = jax.jit(regions.au_region_masks)(landmarks)
+    masks = regions.au_region_masks(landmarks, aus=facs.PAIN_AUS)
     pairs_per_s = localisation.pairs_per_second(heatmaps, masks, repeats=args.repeats * 4)
     mu_pairs_per_s = localisation.pairs_per_second(heatmaps, masks, repeats=args.repeats * 4, names=("mu",))
 
     variables = model_lib.init_variables(model_lib.create_model(args.widths), jax.random.key(0))
     canonical = lrp.canonize(variables)
     explain_fn = jax.jit(lambda c, u8: lrp.make_explain_fn("paper")(c, u8.astype(jnp.float32) / 255.0))
-    fused_fn = explain.explain_and_score_fn("paper", lrp.DEFAULT_EPSILON)
-    fused_mu_fn = explain.explain_and_score_fn("paper", lrp.DEFAULT_EPSILON, ("mu",))
+    fused_fn = explain.explain_and_score_fn("paper", lrp.DEFAULT_EPSILON, facs.PAIN_AUS)
+    fused_mu_fn = explain.explain_and_score_fn("paper", lrp.DEFAULT_EPSILON, facs.PAIN_AUS, ("mu",))
 
     def timed(fn, *fn_args):
         def run_batches(_):

@@ -31,10 +31,10 @@ def patch_records(num_subjects: int, per_subject: int, seed: int, prefix: str, n
     """Records whose AU a is a bright patch at a fixed place: easy to learn, so tests of the machinery stay fast."""
     rng = np.random.default_rng(seed)
     n = num_subjects * per_subject
-    labels = (rng.random((n, facs.NUM_AUS)) < 0.35).astype(np.uint8)
-    labels[labels.sum(1) == 0, rng.integers(0, facs.NUM_AUS)] = 1
+    labels = (rng.random((n, len(facs.PAIN_AUS))) < 0.35).astype(np.uint8)
+    labels[labels.sum(1) == 0, rng.integers(0, len(facs.PAIN_AUS))] = 1
     image = rng.integers(0, 60, (n, facs.IMAGE_SIZE, facs.IMAGE_SIZE, 3)).astype(np.uint8)
-    for a in range(facs.NUM_AUS):
+    for a in range(len(facs.PAIN_AUS)):
         row, col = divmod(a, 4)
         image[labels[:, a] == 1, 10 + row * 50: 40 + row * 50, 5 + col * 27: 25 + col * 27] += 150
     landmarks = rng.uniform(0, facs.IMAGE_SIZE, (n, facs.NUM_LANDMARKS, 2)).astype(np.float32)

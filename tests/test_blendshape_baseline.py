@@ -16,7 +16,7 @@ from aujax.data import blendshapes, records
 from tests.support import patch_records
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
-AU = {au: i for i, au in enumerate(facs.AU_IDS)}
+AU = {au: i for i, au in enumerate(facs.PAIN_AUS)}
 COLUMN = {name: i for i, name in enumerate(blendshapes.BLENDSHAPE_NAMES)}
 
 
@@ -79,7 +79,7 @@ def hand_made_faces() -> records.FaceRecords:
     scores[:, COLUMN["browDownRight"]] = [0.9, 0.9, 0.0, 0.0, 0.35, 0.1]
     scores[:, COLUMN["jawOpen"]] = [0.3, 0.7, 0.0, 0.5, 0.0, 0.9]
     scores[:, COLUMN["mouthClose"]] = scores[:, COLUMN["jawOpen"]]  # lips together: AU25 fires nowhere
-    labels = np.zeros((n, facs.NUM_AUS), np.uint8)
+    labels = np.zeros((n, len(facs.PAIN_AUS)), np.uint8)
     labels[:, AU[4]] = [1, 0, 1, 0, 1, 0]   # predicted 0, 1, 4: TP 2, 3 predicted, 3 positive
     labels[:, AU[26]] = [1, 0, 0, 1, 0, 0]  # predicted 0, 3: perfect
     labels[:, AU[27]] = [0, 1, 0, 0, 0, 0]  # one positive: under min_support 2
@@ -117,7 +117,7 @@ class _RandomNetwork:
         self.mesh = distributed.make_mesh()
 
     def predict(self, variables, data, index: np.ndarray) -> np.ndarray:
-        return np.random.default_rng(len(index)).random((len(index), facs.NUM_AUS))
+        return np.random.default_rng(len(index)).random((len(index), len(facs.PAIN_AUS)))
 
 
 def _outcome(roles: dict, max_folds: int) -> protocol.LosoOutcome:
@@ -125,7 +125,7 @@ def _outcome(roles: dict, max_folds: int) -> protocol.LosoOutcome:
     resident, folds = protocol.build_folds(roles["train"], roles["cv"], max_folds)
     results = [protocol.FoldResult(f.name, f.test_index, _RandomNetwork().predict(None, None, f.test_index), [])
                for f in folds]
-    pooled, fold_mean, per_fold = protocol.loso_scores(results, resident.labels, 0.5, 1)
+    pooled, fold_mean, per_fold = protocol.loso_scores(results, resident.labels, 0.5, 1, resident.au_ids)
     return protocol.LosoOutcome(resident, results, pooled, fold_mean, per_fold, protocol.best_fold(per_fold),
                                 _RandomNetwork(), variables={})
 
@@ -159,7 +159,8 @@ def test_evaluate_puts_the_baseline_beside_the_resnet_on_the_same_images(tmp_pat
 
 
 def metrics_of(faces: records.FaceRecords) -> dict:
-    return metrics.per_au_scores(faces.labels, blendshapes.blendshape_au_labels(faces.blendshapes), 1)
+    return metrics.per_au_scores(faces.labels, blendshapes.blendshape_au_labels(faces.blendshapes), 1,
+                                 au_ids=faces.au_ids)
 
 
 # --- the builders -------------------------------------------------------------------------------------------------

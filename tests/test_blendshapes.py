@@ -42,7 +42,7 @@ def _vector(values: dict) -> np.ndarray:
 
 
 def _fires(values: dict, au: int) -> bool:
-    return bool(bs.blendshape_au_labels(_vector(values))[0, facs.au_column(au)])
+    return bool(bs.blendshape_au_labels(_vector(values))[0, facs.au_column(au, facs.PAIN_AUS)])
 
 
 @pytest.mark.parametrize("names, au, threshold", SINGLE_CUES)
@@ -54,14 +54,14 @@ def test_each_cue_fires_its_au_at_the_threshold_not_below(names, au, threshold):
 def test_a_cue_fires_only_its_own_aus():
     for names, au, threshold in SINGLE_CUES:
         labels = bs.blendshape_au_labels(_vector({name: threshold for name in names}))[0]
-        fired = {a for a, on in zip(facs.AU_IDS, labels) if on}
+        fired = {a for a, on in zip(facs.PAIN_AUS, labels) if on}
         assert au in fired and fired <= {au} | ALSO_FIRES.get(names[0], set()), (names, fired)
 
 
 def test_jaw_drop_and_mouth_stretch_exclude_each_other():
     def jaw(value):
         labels = bs.blendshape_au_labels(_vector({"jawOpen": value}))[0]
-        return labels[facs.au_column(26)], labels[facs.au_column(27)]
+        return labels[facs.au_column(26, facs.PAIN_AUS)], labels[facs.au_column(27, facs.PAIN_AUS)]
 
     assert jaw(bs.JAW_DROP_THRESHOLD) == (1, 0)
     assert jaw(bs.MOUTH_STRETCH_THRESHOLD) == (0, 1)
@@ -76,10 +76,10 @@ def test_closed_lips_with_an_open_jaw_do_not_part():
 
 def test_neutral_face_fires_nothing_and_shapes_are_checked():
     neutral = _vector({"_neutral": 1.0})
-    assert bs.blendshape_au_labels(neutral).tolist() == [[0] * facs.NUM_AUS]
+    assert bs.blendshape_au_labels(neutral).tolist() == [[0] * len(facs.PAIN_AUS)]
     batch = np.random.default_rng(0).uniform(0, 1, (5, bs.NUM_BLENDSHAPES)).astype(np.float32)
     labels, scores = bs.blendshape_au_labels(batch), bs.blendshape_au_scores(batch)
-    assert labels.shape == scores.shape == (5, facs.NUM_AUS)
+    assert labels.shape == scores.shape == (5, len(facs.PAIN_AUS))
     assert labels.dtype == np.uint8 and scores.dtype == np.float32
     assert np.all((scores >= 0) & (scores <= 1))
     with pytest.raises(ValueError, match=r"\(n, 52\)"):
@@ -95,8 +95,8 @@ def test_real_smiling_face():
 
     with faces.FaceCropper() as cropper:
         crop = cropper.crop_file(ASTRONAUT)
-    labels = dict(zip(facs.AU_IDS, bs.blendshape_au_labels(crop.blendshapes[None])[0]))
-    scores = dict(zip(facs.AU_IDS, bs.blendshape_au_scores(crop.blendshapes[None])[0]))
+    labels = dict(zip(facs.PAIN_AUS, bs.blendshape_au_labels(crop.blendshapes[None])[0]))
+    scores = dict(zip(facs.PAIN_AUS, bs.blendshape_au_scores(crop.blendshapes[None])[0]))
     print("astronaut blendshape AUs:", {au: int(v) for au, v in labels.items()},
           "scores:", {au: round(float(s), 3) for au, s in scores.items()})
     assert labels[25] == 1

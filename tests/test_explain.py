@@ -50,9 +50,9 @@ def test_every_role_is_explained_under_every_composite_on_its_first_images(expla
     for (composite, role), result in explained.results.items():
         n = min(len(roles[role]), 6)
         np.testing.assert_array_equal(result.records.source, roles[role].source[:n])
-        assert result.probabilities.shape == result.predictions.shape == (n, facs.NUM_AUS)
+        assert result.probabilities.shape == result.predictions.shape == (n, len(facs.PAIN_AUS))
         assert set(result.scores.values) == set(result.summaries) == {"mu", "pointing_game"}
-        assert all(v.shape == (n, facs.NUM_AUS) for v in result.scores.values.values())
+        assert all(v.shape == (n, len(facs.PAIN_AUS)) for v in result.scores.values.values())
     assert explained.main == {r: explained.results["paper", r] for r in roles}
 
 
@@ -83,12 +83,13 @@ def test_the_probabilities_are_the_model_s_and_the_figures_heatmaps_those_of_the
     logits = MODEL.apply(variables, cv.records.image / np.float32(255), train=False)
     np.testing.assert_allclose(cv.probabilities, jax.nn.sigmoid(logits), rtol=0, atol=1e-5)
     heatmaps = explain.pixel_heatmaps_of(canonical, cv.records.image, explain_config())
-    assert heatmaps.shape == (facs.NUM_AUS, len(cv.records), facs.IMAGE_SIZE, facs.IMAGE_SIZE)
+    assert heatmaps.shape == (len(facs.PAIN_AUS), len(cv.records), facs.IMAGE_SIZE, facs.IMAGE_SIZE)
     grid = explain.heatmap_grid(canonical, cv.records, explain_config())
-    assert grid.heatmaps.shape == (facs.NUM_AUS, 3, facs.IMAGE_SIZE, facs.IMAGE_SIZE) and len(grid.titles) == 3
+    assert grid.heatmaps.shape == (len(facs.PAIN_AUS), 3, facs.IMAGE_SIZE, facs.IMAGE_SIZE)
+    assert len(grid.titles) == 3 and grid.au_ids == facs.PAIN_AUS
     np.testing.assert_allclose(grid.heatmaps, heatmaps[:, :3], rtol=1e-5, atol=1e-6)
     for example in explain.figure2_examples(canonical, cv, explain_config()):
-        j = facs.au_column(example.au)
+        j = facs.au_column(example.au, cv.records.au_ids)
         assert 1 <= len(example.index) <= 4 and cv.selected[example.index, j].all()
         assert np.all(np.diff(example.mu) >= 0)
         np.testing.assert_allclose(example.heatmaps, heatmaps[j, example.index], rtol=1e-5, atol=1e-6)

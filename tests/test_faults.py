@@ -276,7 +276,7 @@ def test_a_config_field_that_does_not_exist_is_named_with_the_config_sections():
 
     from aujax import main
 
-    sections = "data, explain, model, protocol, seed, synthetic, train"
+    sections = "aus, data, explain, model, protocol, seed, synthetic, train"
     with pytest.raises(flags.Error, match=re.escape(
             f"--config.nonexistent: no such field; the top-level sections are {sections}")):
         main._check_config_overrides(["aujax", "--config.nonexistent=1"])

@@ -50,11 +50,13 @@ def _expected_boxes(boxes: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow  # > 5 s on 2 cores
-def test_figure1_draws_each_aus_region_from_regions_and_numbers_the_landmarks(faces, tmp_path):
+@pytest.mark.parametrize("aus", [facs.PAIN_AUS, facs.KNOWN_AUS])
+def test_figure1_draws_each_aus_region_from_regions_and_numbers_the_landmarks(faces, tmp_path, aus):
     image, landmarks = faces.image[0], faces.landmarks[0]
-    figure = figures.figure1_regions_figure(image, landmarks)
-    boxes = np.asarray(regions.au_region_boxes(landmarks[None]))[0]
-    for a, au in enumerate(facs.AU_IDS):
+    figure = figures.figure1_regions_figure(image, landmarks, aus)
+    boxes = np.asarray(regions.au_region_boxes(landmarks[None], aus=aus))[0]
+    assert len(figure.axes) == 1 + len(aus), "the face and one panel per AU of the set"
+    for a, au in enumerate(aus):
         ax = _axes_titled(figure, f"AU{au} {facs.AU_NAMES[au]}")
         expected = _expected_boxes(boxes[a])
         assert len(expected) >= 1
@@ -69,7 +71,7 @@ def test_figure1_draws_each_aus_region_from_regions_and_numbers_the_landmarks(fa
     gaps = np.array([ids[i] for i in range(facs.NUM_LANDMARKS)]) - landmarks
     assert np.all(np.abs(gaps) < 1.0), "each id is written next to its own landmark"
 
-    path = figures.figure1_regions(image, landmarks, tmp_path / "figures" / rundir.FIGURE1)
+    path = figures.figure1_regions(image, landmarks, aus, tmp_path / "figures" / rundir.FIGURE1)
     width, height = _check_png(path, 1800, 700)
     assert width > 2 * height
 
@@ -83,7 +85,7 @@ def test_figure2_sorts_by_mu_and_shows_lrp_heatmaps_over_the_faces_with_the_regi
     figure = figures.figure2_panel_figure(au, faces.image, relevance, faces.landmarks, mu)
     rows = np.array(figure.axes[: 2 * k]).reshape(2, k)
     assert [ax.get_title() for ax in rows[0]] == ["μ = 0.100", "μ = 0.400", "μ = 0.700", "μ = n/a"]
-    boxes = np.asarray(regions.au_region_boxes(faces.landmarks))[:, facs.au_column(au)]
+    boxes = np.asarray(regions.au_region_boxes(faces.landmarks, aus=(4, au)))[:, 1]
     for position, i in enumerate([2, 3, 0, 1]):
         np.testing.assert_array_equal(rows[0, position].images[0].get_array(), faces.image[i])
         shown = np.asarray(rows[1, position].images[0].get_array())
@@ -106,8 +108,8 @@ def test_figure2_rejects_bad_inputs_by_name(faces, tmp_path):
         figures.figure2_panel(4, faces.image, relevance[:2], faces.landmarks, np.zeros(len(faces)), tmp_path / "x")
     with pytest.raises(ValueError, match="mu must have shape"):
         figures.figure2_panel(4, faces.image, relevance, faces.landmarks, np.zeros(2), tmp_path / "x")
-    with pytest.raises(ValueError, match="AU5 is not one of"):
-        figures.figure2_panel(5, faces.image, relevance, faces.landmarks, np.zeros(len(faces)), tmp_path / "x")
+    with pytest.raises(ValueError, match="no AU region for AU11"):
+        figures.figure2_panel(11, faces.image, relevance, faces.landmarks, np.zeros(len(faces)), tmp_path / "x")
 
 
 def _history(losses, f1s):
@@ -159,8 +161,8 @@ def test_mu_by_au_keeps_the_selected_pairs_per_au():
     mu = np.arange(16, dtype=np.float32).reshape(2, 8) / 16
     keep = np.zeros((2, 8), bool)
     keep[1, 0] = keep[:, 7] = True
-    by_au = figures.mu_by_au(mu, keep)
-    assert list(by_au) == [f"AU{a}" for a in facs.AU_IDS]
+    by_au = figures.mu_by_au(mu, keep, facs.PAIN_AUS)
+    assert list(by_au) == [f"AU{a}" for a in facs.PAIN_AUS]
     np.testing.assert_array_equal(by_au["AU4"], [mu[1, 0]])
     np.testing.assert_array_equal(by_au["AU27"], mu[:, 7])
     assert by_au["AU6"].size == 0

@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 
+from aujax import facs
 from aujax.data import records
 from tests.support import patch_records
 
@@ -28,7 +29,7 @@ class CountingReader:
 def lazy_copy(faces: records.FaceRecords) -> tuple[records.FaceRecords, CountingReader]:
     reader = CountingReader(faces.image)
     return records.FaceRecords(records.LazyImages(len(faces), reader), faces.landmarks, faces.labels, faces.intensity,
-                               faces.subject, faces.source, faces.name), reader
+                               faces.subject, faces.source, faces.name, au_ids=faces.au_ids), reader
 
 
 @pytest.mark.parametrize("index", [3, slice(2, 7), slice(None, None, -2), np.array([4, 0, 4, 9]),
@@ -88,6 +89,70 @@ def test_load_maps_the_images_of_a_records_directory_and_reads_npz_files_whole(t
     compressed = records.load(str(tmp_path / "compressed.npz"))
     assert type(compressed.image) is np.ndarray
     np.testing.assert_array_equal(compressed.image, faces.image)
+    assert compressed.au_ids == facs.PAIN_AUS, "a .npz without au_ids holds the pain AUs"
+
+
+def twelve_aus(faces: records.FaceRecords) -> records.FaceRecords:
+    """`faces` with the labels of the DISFA set: its pain-set columns where they share an AU, the others made up."""
+    aus = facs.AU_SETS["disfa"]
+    rng = np.random.default_rng(0)
+    labels = (rng.random((len(faces), len(aus))) < 0.4).astype(np.uint8)
+    for j, au in enumerate(aus):
+        if au in faces.au_ids:
+            labels[:, j] = faces.labels[:, faces.au_ids.index(au)]
+    return dataclasses.replace(faces, labels=labels, intensity=(2.0 * labels).astype(np.float32), au_ids=aus)
+
+
+@pytest.mark.parametrize("suffix", [".records", ".npz"])
+def test_au_ids_are_saved_loaded_and_a_set_is_selected_in_its_order(tmp_path, suffix):
+    faces = twelve_aus(patch_records(2, 3, seed=1, prefix="A", name="toy"))
+    faces.save(str(tmp_path / f"toy{suffix}"))
+    loaded = records.load(str(tmp_path / f"toy{suffix}"))
+    assert loaded.au_ids == facs.AU_SETS["disfa"]
+    np.testing.assert_array_equal(loaded.labels, faces.labels)
+    if suffix == ".records":
+        with open(tmp_path / "toy.records" / "records.json") as f:
+            assert json.load(f)["au_ids"] == list(facs.AU_SETS["disfa"])
+    chosen = loaded.with_aus((26, 1, 12))
+    assert chosen.au_ids == (26, 1, 12) and chosen.labels.shape == (6, 3) and len(chosen) == len(loaded)
+    for j, au in enumerate(chosen.au_ids):
+        np.testing.assert_array_equal(chosen.labels[:, j], faces.labels[:, faces.au_ids.index(au)])
+        np.testing.assert_array_equal(chosen.intensity[:, j], faces.intensity[:, faces.au_ids.index(au)])
+    assert chosen.select(np.array([4, 1])).au_ids == (26, 1, 12)
+    assert loaded.with_aus(loaded.au_ids) is loaded
+    with pytest.raises(ValueError, match=r"^dataset 'toy' does not code AU7 \(it codes AUs 1, 2, 4, 5"):
+        loaded.with_aus((4, 7))
+
+
+def test_records_written_before_au_ids_hold_the_pain_aus(tmp_path):
+    faces = patch_records(2, 2, seed=0, prefix="A")
+    faces.save(str(tmp_path / "old.records"))
+    meta_path = tmp_path / "old.records" / "records.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["au_ids"]
+    meta_path.write_text(json.dumps(meta))
+    old = records.load(str(tmp_path / "old.records"))
+    assert old.au_ids == facs.PAIN_AUS
+    assert old.with_aus((25, 4)).labels.tolist() == faces.labels[:, [5, 0]].tolist()
+    with pytest.raises(ValueError, match="does not code AU1 "):
+        old.with_aus(facs.AU_SETS["bp4d"])
+
+
+def test_au_columns_must_match_au_ids_and_parts_of_other_sets_are_not_joined(tmp_path):
+    faces = patch_records(2, 2, seed=0, prefix="A", name="pain")
+    with pytest.raises(ValueError, match=r"labels has shape \(4, 8\), expected \(4, 3\)"):
+        dataclasses.replace(faces, au_ids=(1, 2, 4))
+    with pytest.raises(ValueError, match="au_ids must be distinct"):
+        dataclasses.replace(faces, au_ids=(4, 4, 7, 9, 10, 25, 26, 27))
+    other = twelve_aus(dataclasses.replace(faces, name="disfa"))
+    with pytest.raises(ValueError, match="cannot join 'disfa'.*to 'pain'.*with_aus"):
+        records.concatenate([faces, other], "both")
+    joined = records.concatenate([faces.with_aus((4, 25)), other.with_aus((4, 25))], "both")
+    assert joined.au_ids == (4, 25) and len(joined) == 8
+    bad = dataclasses.replace(other, labels=np.where(np.arange(12) == 8, 2, other.labels).astype(np.uint8))
+    bad.save(str(tmp_path / "bad.npz"))
+    with pytest.raises(ValueError, match=r"labels: row 0 .* \(AU17\)"):
+        records.load(str(tmp_path / "bad.npz"))
 
 
 def test_a_records_directory_round_trips_lazy_images_written_and_read_by_row(tmp_path, monkeypatch):
@@ -100,7 +165,7 @@ def test_a_records_directory_round_trips_lazy_images_written_and_read_by_row(tmp
     assert reader.calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert sorted(os.listdir(tmp_path)) == ["cv.records"]
     assert json.loads((tmp_path / "cv.records" / "records.json").read_text()) == {
-            "format": "aujax-face-records", "version": 1, "name": "cv set", "count": 10}
+            "format": "aujax-face-records", "version": 1, "name": "cv set", "count": 10, "au_ids": list(facs.PAIN_AUS)}
 
     loaded = records.load(str(tmp_path / "cv.records"))
     assert isinstance(loaded.image, np.memmap) and loaded.name == "cv set"

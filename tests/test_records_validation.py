@@ -9,7 +9,7 @@ import pytest
 from aujax.data import blendshapes, records, sources
 from tests.support import patch_records
 
-AU9 = 3  # AU9's column in facs.AU_IDS order
+AU9 = 3  # AU9's column in facs.PAIN_AUS order (records without au_ids)
 
 
 def columns(faces: records.FaceRecords) -> dict[str, np.ndarray]:

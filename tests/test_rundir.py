@@ -28,7 +28,7 @@ def test_every_path_of_the_layout_comes_from_the_run_directory(tmp_path):
     assert (run.report, run.explain_image, run.logs, run.lock) == tuple(
         f"{tmp_path}/{name}" for name in ("report.html", "explain_image", "logs", ".lock"))
     with pytest.raises(ValueError):
-        rundir.figure2(5)
+        rundir.figure2(11)
 
 
 def test_folds_lists_the_fold_directories_in_order(tmp_path):

@@ -11,8 +11,10 @@ from aujax.data import synthetic
 BROWS, EYES, NOSE = range(17, 27), range(36, 48), range(27, 36)
 MOUTH, JAW = range(48, 68), range(0, 17)
 # The facial group whose landmarks an AU may move; every other landmark must stay put.
-MOVING_GROUP = {4: BROWS, 6: EYES, 7: EYES, 9: NOSE, 10: MOUTH, 25: MOUTH, 26: list(MOUTH) + list(JAW),
-                27: list(MOUTH) + list(JAW)}
+MOVING_GROUP = {1: BROWS, 2: BROWS, 4: BROWS, 5: EYES, 6: EYES, 7: EYES, 9: NOSE, 10: MOUTH, 12: MOUTH, 14: MOUTH,
+                15: MOUTH, 17: list(MOUTH) + list(JAW), 20: MOUTH, 23: MOUTH, 24: MOUTH, 25: MOUTH,
+                26: list(MOUTH) + list(JAW), 27: list(MOUTH) + list(JAW), 43: EYES}
+ALL = facs.KNOWN_AUS
 
 
 @pytest.fixture(scope="module")
@@ -106,17 +108,50 @@ def test_labels_are_imbalanced_co_occur_and_never_empty(posed):
     sampled = np.stack([synthetic.sample_labels(rng)[0] for rng in rngs])
     for labels in (posed.labels, sampled):
         assert labels.sum(axis=1).min() >= 1
-        frequency = dict(zip(facs.AU_IDS, labels.mean(axis=0)))
+        frequency = dict(zip(facs.PAIN_AUS, labels.mean(axis=0)))
         assert frequency[27] < 0.4 * frequency[7] and frequency[9] < 0.6 * frequency[4]
-        au = {a: labels[:, facs.au_column(a)] == 1 for a in facs.AU_IDS}
+        au = {a: labels[:, facs.au_column(a, facs.PAIN_AUS)] == 1 for a in facs.PAIN_AUS}
         assert np.all(au[25][au[26]]) and np.all(au[25][au[27]]) and not np.any(au[26] & au[27])
     eyes_closing = au[6] | au[7]
     assert au[9][eyes_closing].mean() > 3 * au[9][~eyes_closing].mean()
     assert au[10][eyes_closing].mean() > 3 * au[10][~eyes_closing].mean()
 
 
+@pytest.mark.parametrize("aus", ["bp4d", "disfa", "unbc"])
+def test_other_sets_co_occur_plausibly_and_never_show_what_cannot_be_shown_together(aus):
+    aus = facs.resolve_aus(aus)
+    labels = np.stack([synthetic.sample_labels(np.random.default_rng([8, i]), aus)[0] for i in range(3000)])
+    assert labels.sum(axis=1).min() >= 1 and np.all(labels.mean(axis=0) > 0.02)
+    au = {a: labels[:, facs.au_column(a, aus)] == 1 for a in aus}
+    never = [(12, 15), (14, 20), (43, 5), (43, 7), (25, 17), (25, 23), (25, 24), (26, 17), (27, 23)]
+    for first, second in never:
+        if first in aus and second in aus:
+            assert not np.any(au[first] & au[second]), f"AU{first} and AU{second} together"
+    pairs = [(1, 2), (12, 6), (15, 17), (23, 24), (6, 7), (4, 7)]
+    for given, then in (pair for pair in pairs if set(pair) <= set(aus)):
+        assert au[then][au[given]].mean() > 1.2 * au[then][~au[given]].mean(), f"AU{then} goes with AU{given}"
+
+
+def test_every_set_is_generated_and_pain_faces_do_not_depend_on_the_set_holding_other_aus():
+    for name in facs.AU_SETS:
+        faces = synthetic.generate(2, 3, "wild", seed=1, aus=name)
+        assert faces.au_ids == facs.resolve_aus(name) and faces.labels.shape == (6, len(faces.au_ids))
+    subjects = synthetic.select(synthetic.sample_subjects(4, 2), np.arange(4))
+    rngs = [np.random.default_rng(i) for i in range(4)]
+    pose, scene = synthetic.sample_poses(rngs, "wild"), synthetic.sample_scenes(rngs, "wild")
+    pain = np.stack([synthetic.sample_labels(rng)[1] for rng in rngs])
+    within_all = np.zeros((4, len(ALL)), np.float32)
+    within_all[:, [ALL.index(a) for a in facs.PAIN_AUS]] = pain
+    for alone, among_all in zip(synthetic.render(subjects, pain, pose, scene),
+                                synthetic.render(subjects, within_all, pose, scene, ALL)):
+        np.testing.assert_array_equal(alone, among_all)
+    with pytest.raises(ValueError, match="'3' is neither"):
+        synthetic.generate(1, 1, aus=(1, 3))
+
+
 def render_pairs(au, intensity=4.0, num=6, domain="posed", seed=0):
-    """The same `num` faces (same pose, scene and noise) rendered neutral and with `au` at `intensity`.
+    """The same `num` faces (same pose, scene and noise) rendered neutral and with `au` at `intensity` (the set of
+    every known AU, the others absent).
 
     Returns images (2, num, 112, 112, 3) int, landmarks (2, num, 68, 2), canonical landmarks (2, num, 68, 2)
     and the scenes' largest noise standard deviation in grey levels.
@@ -125,10 +160,10 @@ def render_pairs(au, intensity=4.0, num=6, domain="posed", seed=0):
     rngs = [np.random.default_rng([seed, i % num]) for i in range(2 * num)]
     pose = synthetic.sample_poses(rngs, domain)
     scene = synthetic.sample_scenes(rngs, domain)
-    intensities = np.zeros((2 * num, facs.NUM_AUS), np.float32)
-    intensities[num:, facs.au_column(au)] = intensity
-    images, landmarks = synthetic.render(subjects, intensities, pose, scene)
-    canonical = synthetic.canonical_landmarks(synthetic.face_geometry(subjects, intensities))
+    intensities = np.zeros((2 * num, len(ALL)), np.float32)
+    intensities[num:, facs.au_column(au, ALL)] = intensity
+    images, landmarks = synthetic.render(subjects, intensities, pose, scene, ALL)
+    canonical = synthetic.canonical_landmarks(synthetic.face_geometry(subjects, intensities, ALL))
     split = lambda a: a.reshape((2, num) + a.shape[1:])
     return split(images.astype(int)), split(landmarks), split(canonical), float(scene["noise_sigma"].max() * 255)
 
@@ -143,17 +178,23 @@ def au_area(au, landmarks):
     eyes_top, eyes_bottom = extent(EYES, 1)
     mouth_left, mouth_right = extent(MOUTH, 0)
     mouth_top, mouth_bottom = extent(MOUTH, 1)
+    brows = (extent(BROWS, 0)[0] - 3, extent(BROWS, 0)[1] + 3, extent(BROWS, 1)[0] - 6, extent(BROWS, 1)[1] + 5)
+    eyes = [(low[36, 0] - 4, high[39, 0] + 4, eyes_top - 6, eyes_bottom + 5),
+            (low[42, 0] - 4, high[45, 0] + 4, eyes_top - 6, eyes_bottom + 5)]
+    mouth = [(mouth_left - 4, mouth_right + 4, mouth_top - 4, mouth_bottom + 4)]
+    mouth_and_jaw = [(low[4, 0] - 2, high[12, 0] + 2, mouth_top - 5, facs.IMAGE_SIZE)]
     boxes = {  # (left, right, top, bottom) in pixels
-            4: [(extent(BROWS, 0)[0] - 3, extent(BROWS, 0)[1] + 3, extent(BROWS, 1)[0] - 6, extent(BROWS, 1)[1] + 5)],
+            1: [brows[:2] + (brows[2] - 6, brows[3])],  # the brows and the forehead wrinkles above them
+            2: [brows[:2] + (brows[2] - 4, brows[3])],
+            4: [brows],
             6: [(low[36, 0] - 11, high[39, 0], eyes_top - 4, high[30, 1] + 2),  # outer eye corners and cheeks
                 (low[42, 0], high[45, 0] + 11, eyes_top - 4, high[30, 1] + 2)],
-            7: [(low[36, 0] - 4, high[39, 0] + 4, eyes_top - 6, eyes_bottom + 5),
-                (low[42, 0] - 4, high[45, 0] + 4, eyes_top - 6, eyes_bottom + 5)],
+            5: eyes, 7: eyes, 43: eyes,
             9: [(extent(NOSE, 0)[0] - 4, extent(NOSE, 0)[1] + 4, extent(NOSE, 1)[0] - 3, extent(NOSE, 1)[1] + 4)],
             10: [(mouth_left - 4, mouth_right + 4, high[33, 1] - 2, high[66, 1] + 2)],  # philtrum and upper lip
-            25: [(mouth_left - 4, mouth_right + 4, mouth_top - 4, mouth_bottom + 4)],
-            26: [(low[4, 0] - 2, high[12, 0] + 2, mouth_top - 5, facs.IMAGE_SIZE)],  # mouth, chin and jaw
-            27: [(low[4, 0] - 2, high[12, 0] + 2, mouth_top - 5, facs.IMAGE_SIZE)],
+            12: mouth, 15: mouth, 20: mouth, 23: mouth, 24: mouth, 25: mouth,
+            14: [(mouth_left - 6, mouth_right + 6, mouth_top - 4, mouth_bottom + 4)],  # the dimples beside the corners
+            17: mouth_and_jaw, 26: mouth_and_jaw, 27: mouth_and_jaw,  # mouth, chin and jaw
     }[au]
     ys, xs = np.mgrid[0:facs.IMAGE_SIZE, 0:facs.IMAGE_SIZE]
     area = np.zeros(xs.shape, bool)
@@ -162,7 +203,7 @@ def au_area(au, landmarks):
     return area
 
 
-@pytest.mark.parametrize("au", facs.AU_IDS)
+@pytest.mark.parametrize("au", ALL)
 def test_an_au_changes_pixels_visibly_and_mostly_inside_its_area(au):
     (neutral, expressive), (neutral_marks, expressive_marks), _, noise = render_pairs(au)
     weak = render_pairs(au, intensity=1.5)[0][1]
@@ -175,12 +216,25 @@ def test_an_au_changes_pixels_visibly_and_mostly_inside_its_area(au):
         assert 0 < weak_change.sum() < 0.97 * change.sum(), f"AU{au} face {i}: effect does not grow with intensity"
 
 
-@pytest.mark.parametrize("au", facs.AU_IDS)
+@pytest.mark.parametrize("au", ALL)
 def test_landmarks_move_with_the_au_and_only_in_its_group(au):
     _, _, (neutral, expressive), _ = render_pairs(au)
     x, y = (expressive - neutral)[..., 0], (expressive - neutral)[..., 1]
     gap = lambda marks, a, b: marks[:, b, 1] - marks[:, a, 1]
+    width = lambda marks: marks[:, 54, 0] - marks[:, 48, 0]
     moved = {
+            1: np.all(y[:, 20:24] < -2.5) and np.all(y[:, 21] < y[:, 17] - 1.5),
+            2: np.all(y[:, [17, 18, 25, 26]] < -2.5) and np.all(y[:, 17] < y[:, 21] - 1.5),
+            5: np.all(gap(expressive, 37, 41) > 1.3 * gap(neutral, 37, 41)),
+            12: np.all(y[:, [48, 54]] < -2) and np.all(width(expressive) > width(neutral) + 1.5),
+            14: np.all(width(expressive) < width(neutral) - 0.8),
+            15: np.all(y[:, [48, 54]] > 1.8),
+            17: np.all(y[:, 8] < -1.2) and np.all(y[:, 57] < -2),
+            20: np.all(width(expressive) > width(neutral) + 2.5),
+            23: np.all(gap(expressive, 51, 57) < gap(neutral, 51, 57) - 1.5)
+                and np.all(width(expressive) < width(neutral) - 0.8),
+            24: np.all(gap(expressive, 51, 57) < gap(neutral, 51, 57) - 1.5),
+            43: np.all(gap(expressive, 37, 41) < 0.3 * gap(neutral, 37, 41)),
             4: np.all(y[:, BROWS].mean(axis=1) > 1.0)
                and np.all((expressive[:, 22, 0] - expressive[:, 21, 0]) < (neutral[:, 22, 0] - neutral[:, 21, 0]) - 2),
             6: np.all(y[:, [40, 41, 46, 47]] < -0.3),
@@ -210,11 +264,13 @@ def sample(images, points):
     return top * (1 - fy) + bottom * fy
 
 
-def test_landmarks_sit_on_drawn_features(posed):
-    cheek = (posed.landmarks[:, 2] + posed.landmarks[:, 31]) / 2
-    skin = sample(posed.image, cheek[:, None])
+@pytest.mark.parametrize("aus", ["pain", ALL])
+def test_landmarks_sit_on_drawn_features(posed, aus):
+    faces = posed if aus == "pain" else synthetic.generate(20, 15, "posed", seed=0, aus=aus)
+    cheek = (faces.landmarks[:, 2] + faces.landmarks[:, 31]) / 2
+    skin = sample(faces.image, cheek[:, None])
     for ids in ([18, 19, 20, 23, 24, 25], [37, 38, 43, 44], [61, 62, 63, 65, 66, 67]):  # brows, lashes, lips
-        distance = np.linalg.norm(sample(posed.image, posed.landmarks[:, ids]) - skin, axis=-1)
+        distance = np.linalg.norm(sample(faces.image, faces.landmarks[:, ids]) - skin, axis=-1)
         assert np.median(distance) > 40, f"landmarks {ids} do not sit on features that differ from the skin"
 
 
@@ -227,7 +283,7 @@ def test_pose_moves_image_and_landmarks_together():
     angle, scale, shift = 0.25, 1.05, np.array([3.0, -2.0], np.float32)
     pose = {"angle": np.repeat(np.float32([0.0, angle]), 4), "scale": np.repeat(np.float32([1.0, scale]), 4),
             "shift": np.repeat(np.stack([np.zeros(2, np.float32), shift]), 4, axis=0)}
-    images, landmarks = synthetic.render(subjects, np.zeros((8, facs.NUM_AUS), np.float32), pose, scene)
+    images, landmarks = synthetic.render(subjects, np.zeros((8, len(facs.PAIN_AUS)), np.float32), pose, scene)
     upright, turned = landmarks[:4], landmarks[4:]
     eye_line = lambda marks: marks[:, 45] - marks[:, 36]
     turn = np.arctan2(eye_line(turned)[:, 1], eye_line(turned)[:, 0]) - np.arctan2(eye_line(upright)[:, 1],
@@ -257,7 +313,7 @@ def test_spurious_cue_marks_only_images_with_its_au(domain):
     cued = synthetic.generate(8, 8, domain, seed=3, spurious_cue_au=4, spurious_cue_probability=0.8)
     change = np.abs(cued.image.astype(int) - plain.image).max(axis=-1)
     marked = change.max(axis=(1, 2)) > 0
-    shows_au = cued.labels[:, facs.au_column(4)] == 1
+    shows_au = cued.labels[:, facs.au_column(4, cued.au_ids)] == 1
     np.testing.assert_array_equal(cued.labels, plain.labels)
     assert not np.any(marked & ~shows_au)
     assert 0.55 <= marked[shows_au].mean() < 1.0

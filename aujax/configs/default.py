@@ -12,6 +12,9 @@ from aujax import localisation
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
+    # the AU set: pain (the paper's 8), bp4d, disfa, unbc, or AU ids such as "1,2,12" (aujax.facs); the model's outputs
+    # and every table follow its order
+    config.aus = "pain"
 
     config.data = ml_collections.ConfigDict()
     config.data.train = "synthetic"

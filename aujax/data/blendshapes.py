@@ -2,8 +2,8 @@
 
 MediaPipe's FaceLandmarker scores 52 ARKit-style blendshapes in [0, 1] per face (`FaceCrop.blendshapes`,
 float32 (52,) in `BLENDSHAPE_NAMES` order). This module maps them onto the 8 pain AUs with fixed rules and
-thresholds, to stand beside the trained ResNet the way the paper puts OpenFace beside it. Nothing is fitted:
-the thresholds are named constants chosen by hand, not tuned on any dataset.
+thresholds (`AU_RULES`; other AUs have none), to stand beside the trained ResNet the way the paper puts OpenFace
+beside it. Nothing is fitted: the thresholds are named constants chosen by hand, not tuned on any dataset.
 
 Rules (bilateral blendshapes: the larger of Left/Right, since an AU also counts when one-sided):
 
@@ -49,17 +49,17 @@ LIPS_APART_THRESHOLD = 0.2
 JAW_DROP_THRESHOLD = 0.25
 MOUTH_STRETCH_THRESHOLD = 0.6
 
-# (lower, upper) score bounds per AU in facs.AU_IDS order: an AU fires when lower <= score < upper.
-AU_SCORE_BOUNDS = (
-        (BROW_DOWN_THRESHOLD, np.inf),
-        (CHEEK_SQUINT_THRESHOLD, np.inf),
-        (EYE_SQUINT_THRESHOLD, np.inf),
-        (NOSE_SNEER_THRESHOLD, np.inf),
-        (UPPER_LIP_UP_THRESHOLD, np.inf),
-        (LIPS_APART_THRESHOLD, np.inf),
-        (JAW_DROP_THRESHOLD, MOUTH_STRETCH_THRESHOLD),
-        (MOUTH_STRETCH_THRESHOLD, np.inf),
-)
+# AU -> (lower, upper) score bounds: an AU fires when lower <= score < upper. The AUs with a rule.
+AU_RULES = {
+        4: (BROW_DOWN_THRESHOLD, np.inf),
+        6: (CHEEK_SQUINT_THRESHOLD, np.inf),
+        7: (EYE_SQUINT_THRESHOLD, np.inf),
+        9: (NOSE_SNEER_THRESHOLD, np.inf),
+        10: (UPPER_LIP_UP_THRESHOLD, np.inf),
+        25: (LIPS_APART_THRESHOLD, np.inf),
+        26: (JAW_DROP_THRESHOLD, MOUTH_STRETCH_THRESHOLD),
+        27: (MOUTH_STRETCH_THRESHOLD, np.inf),
+}
 
 
 def _check_blendshapes(blendshapes) -> np.ndarray:
@@ -69,12 +69,20 @@ def _check_blendshapes(blendshapes) -> np.ndarray:
     return array
 
 
-def blendshape_au_scores(blendshapes) -> np.ndarray:
+def _check_aus(aus) -> tuple[int, ...]:
+    missing = [au for au in aus if au not in AU_RULES]
+    if missing:
+        raise ValueError(f"no blendshape rule for AU{missing[0]}: rules exist for AUs {', '.join(map(str, AU_RULES))}")
+    return tuple(aus)
+
+
+def blendshape_au_scores(blendshapes, aus=facs.PAIN_AUS) -> np.ndarray:
     """Per-AU evidence from blendshapes.
 
-    blendshapes: (n, 52) scores in [0, 1], `BLENDSHAPE_NAMES` order.
-    Returns float32 (n, 8) in `facs.AU_IDS` order, each in [0, 1] (the left-hand sides of the module's rules).
+    blendshapes: (n, 52) scores in [0, 1], `BLENDSHAPE_NAMES` order; aus: AUs of `AU_RULES` (A of them).
+    Returns float32 (n, A) in `aus` order, each in [0, 1] (the left-hand sides of the module's rules).
     """
+    aus = _check_aus(aus)
     array = _check_blendshapes(blendshapes)
     column = {name: array[:, i] for i, name in enumerate(BLENDSHAPE_NAMES)}
 
@@ -97,14 +105,16 @@ def blendshape_au_scores(blendshapes) -> np.ndarray:
             26: jaw_open,
             27: jaw_open,
     }
-    return np.stack([scores[au] for au in facs.AU_IDS], axis=1).astype(np.float32)
+    return np.stack([scores[au] for au in aus] or [np.zeros((len(array), 0))], axis=1).reshape(
+        len(array), len(aus)).astype(np.float32)
 
 
-def blendshape_au_labels(blendshapes) -> np.ndarray:
-    """Binary AU decisions from blendshapes: uint8 (n, 8) in `facs.AU_IDS` order.
+def blendshape_au_labels(blendshapes, aus=facs.PAIN_AUS) -> np.ndarray:
+    """Binary AU decisions from blendshapes: uint8 (n, A) in `aus` order (AUs of `AU_RULES`).
 
-    blendshapes: (n, 52) scores in [0, 1], `BLENDSHAPE_NAMES` order. Thresholds: `AU_SCORE_BOUNDS`.
+    blendshapes: (n, 52) scores in [0, 1], `BLENDSHAPE_NAMES` order. Thresholds: `AU_RULES`.
     """
-    scores = blendshape_au_scores(blendshapes)
-    lower, upper = np.asarray(AU_SCORE_BOUNDS, dtype=np.float32).T
+    aus = _check_aus(aus)
+    scores = blendshape_au_scores(blendshapes, aus)
+    lower, upper = np.asarray([AU_RULES[au] for au in aus], dtype=np.float32).reshape(len(aus), 2).T
     return ((scores >= lower) & (scores < upper)).astype(np.uint8)

@@ -4,27 +4,35 @@ A `FaceRecords` holds n faces as numpy arrays:
 
   image        uint8   (n, 112, 112, 3)  RGB crop
   landmarks    float32 (n, 68, 2)        (x, y) pixels in the crop, Multi-PIE / iBUG-300W order, 0-based ids
-  labels       uint8   (n, 8)            binary AU labels in `facs.AU_IDS` order
-  intensity    float32 (n, 8)            AU intensities (0 where unknown)
+  labels       uint8   (n, A)            binary AU labels, columns in `au_ids` order
+  intensity    float32 (n, A)            AU intensities (0 where unknown), columns in `au_ids` order
   subject      str     (n,)              subject id
   source       str     (n,)              file (or generator key) the face came from
   name         str                       the dataset's name
+  au_ids       tuple[int, ...]           the A AUs the labels and intensity columns hold, in column order (FACS ids)
   blendshapes  float32 (n, 52) or None   MediaPipe's 52 blendshape scores in [0, 1], `blendshapes.BLENDSHAPE_NAMES`
                                          order; None where MediaPipe did not run (synthetic faces, datasets built
                                          with landmarks="dataset")
 
+AU sets. A dataset's records keep every AU it codes (`au_ids`, e.g. all of CK+'s); a run picks its AU set
+(`config.aus`) with `with_aus(aus)`, which returns records whose columns are exactly `aus` in that order and refuses,
+naming the dataset and the AU, an AU the dataset does not code. Records written before `au_ids` existed (directories
+without "au_ids" in records.json, .npz files without an `au_ids` member) hold the 8 pain AUs, `facs.PAIN_AUS`; so does
+a `FaceRecords` built without `au_ids`.
+
 On disk (`FaceRecords.save`, `load`, without pickle) records are a directory, made for reading by row:
 
-  <path>/records.json      {"format": "aujax-face-records", "version": 1, "name": ..., "count": n}
+  <path>/records.json      {"format": "aujax-face-records", "version": 1, "name": ..., "count": n, "au_ids": [...]}
   <path>/<column>.npy      one .npy file per column above (string columns as numpy unicode arrays), blendshapes.npy
                            only when present
 
-or, for a path ending in `.npz`, one uncompressed `.npz` file of the same columns and a `name` member (the format
-before directories; still written and read, but read whole). Reading records (`load`; `preprocess.load_records` for
-built datasets) refuses, with a ValueError naming the file, the column and the first bad row, what breaks this
-contract (`validate`): no records, labels other than 0/1, intensities outside [0, 5] or not finite, landmarks or
-blendshapes that are not finite; `load` also checks every column's shape and dtype from its .npy header before it
-reads or maps any (no object arrays), and names a directory that is not records as such.
+or, for a path ending in `.npz`, one uncompressed `.npz` file of the same columns, a `name` and an `au_ids` member (the
+format before directories; still written and read, but read whole). Reading records (`load`;
+`preprocess.load_records` for built datasets) refuses, with a ValueError naming the file, the column and the first
+bad row, what breaks this contract (`validate`): no records, labels other than 0/1, intensities outside [0, 5] or not
+finite, landmarks or blendshapes that are not finite, au_ids that are not distinct positive integers or do not match
+the label columns; `load` also checks every column's shape and dtype from its .npy header before it reads or maps any
+(no object arrays), and names a directory that is not records as such.
 
 The image column need not be in memory: `load` memory-maps it from a records directory, the synthetic generator can
 render rows when they are asked for, and a built TFDS dataset reads them by random access (`LazyImages`). Indexing it
@@ -82,13 +90,13 @@ def _in_memory(image) -> bool:
     return type(image) is np.ndarray
 
 
-def _columns(n: int, with_blendshapes: bool) -> dict[str, tuple[tuple[int, ...], np.dtype | None]]:
-    """field -> (shape, dtype) of the columns of n records; dtype None for a numpy str column."""
+def _columns(n: int, with_blendshapes: bool, num_aus: int) -> dict[str, tuple[tuple[int, ...], np.dtype | None]]:
+    """field -> (shape, dtype) of the columns of n records of `num_aus` AUs; dtype None for a numpy str column."""
     columns = {
             "image": ((n,) + _IMAGE_SHAPE, np.dtype(np.uint8)),
             "landmarks": ((n, facs.NUM_LANDMARKS, 2), np.dtype(np.float32)),
-            "labels": ((n, facs.NUM_AUS), np.dtype(np.uint8)),
-            "intensity": ((n, facs.NUM_AUS), np.dtype(np.float32)),
+            "labels": ((n, num_aus), np.dtype(np.uint8)),
+            "intensity": ((n, num_aus), np.dtype(np.float32)),
             "subject": ((n,), None),
             "source": ((n,), None),
     }
@@ -119,9 +127,11 @@ class FaceRecords:
     source: np.ndarray
     name: str
     blendshapes: np.ndarray | None = None
+    au_ids: tuple[int, ...] = facs.PAIN_AUS
 
     def __post_init__(self):
-        for field, column in _columns(len(self.image), self.blendshapes is not None).items():
+        object.__setattr__(self, "au_ids", _check_au_ids(self.au_ids, f"dataset {self.name!r}"))
+        for field, column in _columns(len(self.image), self.blendshapes is not None, len(self.au_ids)).items():
             value = getattr(self, field)
             _check_column(f"dataset {self.name!r}", field, value.shape, value.dtype, column)
 
@@ -150,7 +160,22 @@ class FaceRecords:
         else:
             rows = np.arange(len(source))[index]
             image = LazyImages(len(rows), lambda selected: source[rows[selected]])
-        return FaceRecords(image=image, **{f: a[index] for f, a in arrays.items()}, name=self.name)
+        return FaceRecords(image=image, **{f: a[index] for f, a in arrays.items()}, name=self.name,
+                           au_ids=self.au_ids)
+
+    def with_aus(self, aus) -> "FaceRecords":
+        """These records with the label and intensity columns of exactly the AUs `aus` (a sequence of FACS ids), in
+        that order; ValueError naming the dataset and the AU for an AU it does not code. Images are not read."""
+        aus = tuple(int(au) for au in aus)
+        missing = [au for au in aus if au not in self.au_ids]
+        if missing:
+            raise ValueError(f"dataset {self.name!r} does not code AU{missing[0]} (it codes AUs "
+                             f"{', '.join(map(str, self.au_ids))})")
+        if aus == self.au_ids:
+            return self
+        columns = [self.au_ids.index(au) for au in aus]
+        return dataclasses.replace(self, labels=self.labels[:, columns], intensity=self.intensity[:, columns],
+                                   au_ids=aus)
 
     def save(self, path: str) -> None:
         """Write to `path`, atomically, without pickle; every image is read.
@@ -161,20 +186,37 @@ class FaceRecords:
         """
         arrays = self._present_arrays()
         if path.endswith(".npz"):
-            files.write_npz(path, name=np.array(self.name), **{**arrays, "image": np.asarray(arrays["image"])})
+            files.write_npz(path, name=np.array(self.name), au_ids=np.array(self.au_ids, np.int64),
+                            **{**arrays, "image": np.asarray(arrays["image"])})
         else:
-            _save_directory(path, arrays, self.name)
+            _save_directory(path, arrays, self.name, self.au_ids)
+
+
+def _check_au_ids(au_ids, where: str) -> tuple[int, ...]:
+    """`au_ids` as a tuple of ints, or ValueError naming `where` unless they are distinct positive integers."""
+    values = tuple(au_ids)
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in values) \
+            or len(set(values)) != len(values):
+        raise ValueError(f"{where}: au_ids must be distinct positive AU numbers, got {list(values)}")
+    return tuple(int(v) for v in values)
 
 
 def concatenate(parts: list[FaceRecords], name: str) -> FaceRecords:
-    """One `FaceRecords` holding all of `parts` in order; blendshapes only if every part has them.
+    """One `FaceRecords` holding all of `parts` in order; blendshapes only if every part has them. The parts must
+    hold the same AUs in the same order (ValueError naming the first that does not; `with_aus` makes them so).
 
     Images that are not all in memory stay where they are: the result's image column reads from the parts.
     """
+    for part in parts[1:]:
+        if part.au_ids != parts[0].au_ids:
+            raise ValueError(f"cannot join {part.name!r} (AUs {', '.join(map(str, part.au_ids))}) to "
+                             f"{parts[0].name!r} (AUs {', '.join(map(str, parts[0].au_ids))}): select one AU set "
+                             "with with_aus first")
     fields = _ARRAY_FIELDS[1:] + (("blendshapes",) if all(p.blendshapes is not None for p in parts) else ())
     images = [p.image for p in parts]
     image = np.concatenate(images) if all(map(_in_memory, images)) else _concatenated_images(images)
-    return FaceRecords(image=image, **{f: np.concatenate([getattr(p, f) for p in parts]) for f in fields}, name=name)
+    return FaceRecords(image=image, **{f: np.concatenate([getattr(p, f) for p in parts]) for f in fields}, name=name,
+                       au_ids=parts[0].au_ids if parts else facs.PAIN_AUS)
 
 
 def _concatenated_images(images: list) -> LazyImages:
@@ -196,9 +238,10 @@ _META_FILE = "records.json"
 _WRITE_ROWS = 1024  # rows of a column written at a time: a column of lazy images is read in these pieces
 
 
-def _save_directory(path: str, arrays: dict, name: str) -> None:
-    """Write `arrays` (column -> array of n rows; the image column may be `LazyImages`) and `name` as a records
-    directory at `path`: `<column>.npy` files and `_META_FILE`, in `<path>.tmp/` renamed to `path` once complete."""
+def _save_directory(path: str, arrays: dict, name: str, au_ids: tuple[int, ...]) -> None:
+    """Write `arrays` (column -> array of n rows; the image column may be `LazyImages`), `name` and `au_ids` as a
+    records directory at `path`: `<column>.npy` files and `_META_FILE`, in `<path>.tmp/` renamed to `path` once
+    complete."""
     path = os.path.normpath(path)
     if os.path.exists(path) and not _is_records_directory(path):
         raise ValueError(f"{path}: exists and is not an aujax face-records directory; not replacing it")
@@ -210,7 +253,8 @@ def _save_directory(path: str, arrays: dict, name: str) -> None:
             os.makedirs(tmp)
             for field, column in arrays.items():
                 _write_npy(os.path.join(tmp, f"{field}.npy"), column)
-            meta = {"format": _FORMAT, "version": _VERSION, "name": name, "count": len(arrays["image"])}
+            meta = {"format": _FORMAT, "version": _VERSION, "name": name, "count": len(arrays["image"]),
+                    "au_ids": list(au_ids)}
             with open(os.path.join(tmp, _META_FILE), "w") as f:
                 json.dump(meta, f, indent=2)
             _rename_directory(tmp, path)
@@ -283,15 +327,15 @@ def validate(faces: FaceRecords, where: str) -> FaceRecords:
             row, *entry = (int(i) for i in np.argwhere(bad)[0])
             value = getattr(faces, field)[(row, *entry)]
             raise ValueError(f"{where}: {field}: row {row} (source {faces.source[row]}) holds {value} "
-                             f"({_ENTRY_NAMES[field](*entry)}); {rule}")
+                             f"({_ENTRY_NAMES[field](faces, *entry)}); {rule}")
     return faces
 
 
 _ENTRY_NAMES = {  # what the entries after the row of a column are, for error messages
-        "labels": lambda au: f"AU{facs.AU_IDS[au]}",
-        "intensity": lambda au: f"AU{facs.AU_IDS[au]}",
-        "landmarks": lambda point, axis: f"point {point} {'xy'[axis]}",
-        "blendshapes": lambda score: blendshapes_lib.BLENDSHAPE_NAMES[score],
+        "labels": lambda faces, column: f"AU{faces.au_ids[column]}",
+        "intensity": lambda faces, column: f"AU{faces.au_ids[column]}",
+        "landmarks": lambda faces, point, axis: f"point {point} {'xy'[axis]}",
+        "blendshapes": lambda faces, score: blendshapes_lib.BLENDSHAPE_NAMES[score],
 }
 
 
@@ -326,11 +370,11 @@ def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
     return shape, dtype
 
 
-def _check_headers(headers: dict[str, tuple[tuple[int, ...], np.dtype]], where: str, kind: str,
+def _check_headers(headers: dict[str, tuple[tuple[int, ...], np.dtype]], where: str, kind: str, num_aus: int,
                    count: int | None = None, extra: dict | None = None) -> None:
     """ValueError naming `where` and the column unless `headers` (column -> (shape, dtype)) hold records' columns
-    for `count` records (None: as many as the image column holds) and the `extra` columns (column -> (shape,
-    dtype)); `blendshapes` is optional, other columns are ignored."""
+    for `count` records (None: as many as the image column holds) of `num_aus` AUs and the `extra` columns
+    (column -> (shape, dtype)); `blendshapes` is optional, other columns are ignored."""
     extra = extra or {}
     missing = [f for f in (*extra, *_ARRAY_FIELDS) if f not in headers]
     if missing:
@@ -338,7 +382,7 @@ def _check_headers(headers: dict[str, tuple[tuple[int, ...], np.dtype]], where: 
         raise ValueError(f"{where}: not an aujax face-records {kind} (no {what})")
     if count is None:
         count = headers["image"][0][0] if headers["image"][0] else 0
-    for field, column in {**extra, **_columns(count, "blendshapes" in headers)}.items():
+    for field, column in {**extra, **_columns(count, "blendshapes" in headers, num_aus)}.items():
         _check_column(where, field, *headers[field], column)
 
 
@@ -360,11 +404,18 @@ def _load_npz(path: str, where: str) -> FaceRecords:
             for member in npz.files:
                 with npz.zip.open(f"{member}.npy") as f:
                     headers[member] = _npy_header(f)
-        _check_headers(headers, where, "file", extra={"name": ((), None)})
+        au_ids = facs.PAIN_AUS
+        if "au_ids" in headers:
+            shape, dtype = headers["au_ids"]
+            if len(shape) != 1 or dtype.kind not in "iu":
+                raise ValueError(f"{where}: au_ids has shape {shape} and dtype {dtype}, expected a 1-D integer array")
+            with _not_records(where):
+                au_ids = _check_au_ids(npz["au_ids"].tolist(), where)
+        _check_headers(headers, where, "file", len(au_ids), extra={"name": ((), None)})
         with _not_records(where):
             arrays = {f: npz[f] for f in _present_fields(headers)}
             name = str(npz["name"])
-    return FaceRecords(**arrays, name=name)
+    return FaceRecords(**arrays, name=name, au_ids=au_ids)
 
 
 def _load_directory(path: str, where: str) -> FaceRecords:
@@ -376,19 +427,20 @@ def _load_directory(path: str, where: str) -> FaceRecords:
         if os.path.isfile(file):
             with _not_records(where, "directory", f"{field}.npy"), open(file, "rb") as f:
                 headers[field] = _npy_header(f)
-    _check_headers(headers, where, "directory", count=meta["count"])
+    au_ids = _check_au_ids(meta.get("au_ids", facs.PAIN_AUS), f"{where}: {_META_FILE}")
+    _check_headers(headers, where, "directory", len(au_ids), count=meta["count"])
     arrays = {}
     for field in _present_fields(headers):
         mapped = field == "image" and meta["count"] > 0  # a memory map cannot map zero bytes
         with _not_records(where, "directory", f"{field}.npy"):
             arrays[field] = np.load(os.path.join(path, f"{field}.npy"), mmap_mode="r" if mapped else None,
                                     allow_pickle=False)
-    return FaceRecords(**arrays, name=meta["name"])
+    return FaceRecords(**arrays, name=meta["name"], au_ids=au_ids)
 
 
 def _read_meta(path: str, where: str) -> dict:
-    """The records directory's `_META_FILE` ({"format", "version", "name", "count"}), or ValueError naming `where`
-    and what is wrong."""
+    """The records directory's `_META_FILE` ({"format", "version", "name", "count"} and, written since AU sets
+    exist, "au_ids"), or ValueError naming `where` and what is wrong."""
     meta_path = os.path.join(path, _META_FILE)
     if not os.path.isfile(meta_path):
         raise ValueError(f"{where}: not an aujax face-records directory (no {_META_FILE})")
@@ -400,9 +452,10 @@ def _read_meta(path: str, where: str) -> dict:
     if meta.get("version") != _VERSION:
         raise ValueError(f"{where}: records format version {meta.get('version')!r}; this aujax reads version "
                          f"{_VERSION}")
-    if not (isinstance(meta.get("name"), str) and type(meta.get("count")) is int and meta["count"] >= 0):
-        raise ValueError(f"{where}: not an aujax face-records directory ({_META_FILE} needs a str name and an "
-                         "int count)")
+    if not (isinstance(meta.get("name"), str) and type(meta.get("count")) is int and meta["count"] >= 0
+            and isinstance(meta.get("au_ids", []), list)):
+        raise ValueError(f"{where}: not an aujax face-records directory ({_META_FILE} needs a str name, an int "
+                         "count and, if any, a list of au_ids)")
     return meta
 
 

@@ -13,6 +13,7 @@ path separator, or exists; other specs are unknown datasets.
 
 import os
 
+from aujax import facs
 from aujax.data import records
 
 ROLES = ("train", "cv", "cross")
@@ -26,7 +27,7 @@ def load_role(role: str, spec: str, config) -> records.FaceRecords:
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles are {ROLES}")
     if spec == "synthetic":
-        return synthetic_role(role, config.synthetic)
+        return synthetic_role(role, config.synthetic, facs.resolve_aus(config.aus))
     if spec in BUILT_DATASETS:
         from aujax.data import preprocess  # tensorflow-datasets only where a built dataset is asked for
         return preprocess.load_records(spec, os.path.expanduser(config.data.data_dir))
@@ -43,8 +44,9 @@ def _is_path(spec: str) -> bool:
     return spec.endswith((".npz", ".records")) or os.sep in spec or os.path.exists(spec)
 
 
-def synthetic_role(role: str, synthetic_config) -> records.FaceRecords:
-    """The synthetic stand-in for `role`; the spurious cue, when asked for, goes into the training roles only.
+def synthetic_role(role: str, synthetic_config, aus: tuple[int, ...]) -> records.FaceRecords:
+    """The synthetic stand-in for `role`, faces of the AU set `aus`; the spurious cue, when asked for, goes into the
+    training roles only.
 
     Its images are rendered when first read, so a process renders only those its devices hold (and the ones it
     explains)."""
@@ -56,4 +58,4 @@ def synthetic_role(role: str, synthetic_config) -> records.FaceRecords:
         num_subjects=sizes.num_subjects, images_per_subject=sizes.images_per_subject, domain=sizes.domain,
         seed=synthetic_config.seed * 1000 + ROLES.index(role), subject_prefix=_SUBJECT_PREFIX[role],
         spurious_cue_au=cue_au or None, spurious_cue_probability=synthetic_config.spurious_cue_probability,
-        name=f"synthetic_{role}", images_on_demand=True)
+        name=f"synthetic_{role}", images_on_demand=True, aus=aus)

@@ -14,17 +14,30 @@ regions.py): continuous pixel coordinates where pixel (row i, column j) covers [
 shifted by +0.5 on output and landmark (x, y) lies in pixel row floor(y), column floor(x).
 
 Each AU changes only the curves and marks of its own facial area; its effect scales with the intensity through
-`effect_amount` = 0.8 + 0.2 (intensity - 1) / 4 (intensity 1..5; 0 when absent). At amount 1:
+`effect_amount` = 0.8 + 0.2 (intensity - 1) / 4 (intensity 1..5; 0 when absent). A face shows the AUs of the set it
+is generated for (`aus`, any of `facs.KNOWN_AUS`; the pain set by default) and no others. At amount 1:
 
+  AU1   inner brow ends raised by 3.5 px (outer by 0.6 px), two horizontal wrinkles over the middle of the forehead
+  AU2   outer brow ends raised by 3.5 px (inner by 0.5 px), arch +30 %, a crease above each outer brow
   AU4   brows lowered (inner ends by 3.5 px, outer by 1.5 px), drawn together (2.5 px) and flattened; vertical
         furrows between the brows
   AU6   lower lids pushed up (-45 %), cheeks raised and lit, infraorbital furrow, crow's feet at the outer corners
+  AU5   upper lids raised (upper aperture +55 %): white shows above the iris
   AU7   lids tightened (upper aperture -40 %, lower -50 %), tension line under the lower lid
   AU9   horizontal wrinkles on the nose bridge, nostrils and alar base raised by 2.5 px, tip by 0.7 px
   AU10  upper lip raised by 3 px (its inner edge by 1 px), nasolabial folds deepened above the mouth
+  AU12  lip corners pulled up by 3 px and out (mouth 10 % wider)
+  AU14  lip corners drawn in (mouth 6 % narrower), a dimple beside each corner
+  AU15  lip corners pulled down by 2.5 px
+  AU17  chin boss raised: chin and jaw line up by 2 px, the lower lip pushed up (middle of the mouth 1.2 px up, lower
+        lip 30 % thinner), dimples on the chin
+  AU20  lips stretched sideways (mouth 22 % wider, lips 30 % thinner), corners 0.8 px down
+  AU23  lips tightened: 45 % thinner, mouth 6 % narrower, their borders drawn in
+  AU24  lips pressed: 35 % / 30 % thinner, the skin bulging above and below them
   AU25  lips parted (inner upper lip 0.8 px up, lower lip 1.5 px down)
   AU26  jaw dropped by 6.5 px: chin, jaw line and lower lip move down, the mouth opens
   AU27  jaw dropped by 11 px, mouth stretched open (taller, 8 % wider)
+  AU43  eyes closed: the upper lids come down 97 % of the way to the lower lids
 
 Label model (per image, conditioned on at least one AU by rejection, as the paper keeps only such frames):
 
@@ -35,6 +48,14 @@ Label model (per image, conditioned on at least one AU by rejection, as the pape
   so AU26 and AU27 imply AU25 and exclude each other;
   a present AU has intensity 1 + 4 u^1.4, u uniform (low intensities are the more common).
   Resulting frequencies: AU4 0.42, AU6 0.44, AU7 0.51, AU9 0.16, AU10 0.19, AU25 0.60, AU26 0.19, AU27 0.07.
+
+  For a set with AUs outside the pain set, more is drawn after that (the pain set's draws stay as they are): four
+  latent expressions, each with its AUs' probabilities (`_OTHER_EXPRESSIONS`): a smile (0.30: AU12, with AU6, AU14,
+  AU25), surprise (0.15: AU1, AU2, AU5, AU25), sadness (0.15: AU1, AU4, AU15, AU17) and tensed lips (0.15: AU23,
+  AU24, AU20, AU4), and AU20 / AU43 with the pain expression and AU6 or AU7 (`_PAIN_EXTRAS`). Only the set's AUs are
+  kept, at least one of them (by rejection), and then those a face cannot show beside another one present are left
+  out (`_EXCLUDED_BY`: AU15 with AU12, AU5 with AU7 or AU43, AU7 with AU43, AU14 with AU20, AU17 / AU23 / AU24 with
+  an open mouth).
 
 Domains: `posed` (plain background, even light, small pose jitter, little noise; like CK+ and the Actor Study) and
 `wild` (cluttered textured background, uneven light with a light or shadow spot, larger pose jitter, blur, more
@@ -191,6 +212,17 @@ _EYE_CLOSURE_PROBABILITY = {9: (0.22, 0.02), 10: (0.25, 0.03)}  # (with, without
 _MOUTH_STATES = ((), (25,), (25, 26), (25, 27))
 _MOUTH_STATE_PROBABILITIES = (0.50, 0.28, 0.16, 0.06)
 _INTENSITY_SKEW = 1.4
+# Drawn only for sets with AUs outside the pain set: (probability of a latent expression, AU probabilities with it,
+# AU probabilities without it).
+_OTHER_EXPRESSIONS = (
+        (0.30, {12: 0.90, 6: 0.40, 14: 0.25, 25: 0.30}, {12: 0.06, 14: 0.08}),  # smile
+        (0.15, {1: 0.85, 2: 0.80, 5: 0.60, 25: 0.40}, {1: 0.06, 2: 0.05, 5: 0.05}),  # surprise
+        (0.15, {1: 0.60, 4: 0.40, 15: 0.70, 17: 0.50}, {15: 0.05, 17: 0.08}),  # sadness
+        (0.15, {23: 0.60, 24: 0.55, 20: 0.30, 4: 0.30}, {23: 0.05, 24: 0.06, 20: 0.06}),  # lips tensed
+)
+_PAIN_EXTRAS = {20: (0.30, 0.04), 43: (0.30, 0.03)}  # (with, without) the pain expression and AU6 or AU7
+# An AU is left out where one of these shows too (the face cannot show both; the one kept is the stronger cue).
+_EXCLUDED_BY = {15: {12}, 5: {7, 43}, 7: {43}, 14: {20}, 17: {25, 26, 27}, 23: {25, 26, 27}, 24: {25, 26, 27}}
 
 # JPEG (ITU T.81 Annex K) luminance quantisation table and an orthonormal 8-point DCT-II.
 _JPEG_LUMA = np.array([
@@ -212,8 +244,10 @@ _YCC_TO_RGB = np.linalg.inv(_RGB_TO_YCC).astype(np.float32)
 def generate(num_subjects: int, images_per_subject: int, domain: str = "posed", seed: int = 0,
              subject_prefix: str = "S", spurious_cue_au: int | None = None,
              spurious_cue_probability: float = 0.9, name: str = "synthetic",
-             workers: int | None = None, images_on_demand: bool = False) -> records.FaceRecords:
-    """`num_subjects * images_per_subject` synthetic faces, subject after subject.
+             workers: int | None = None, images_on_demand: bool = False,
+             aus: tuple[int, ...] = facs.PAIN_AUS) -> records.FaceRecords:
+    """`num_subjects * images_per_subject` synthetic faces, subject after subject, showing and labelled with the AUs
+    of the set `aus` (any of `facs.KNOWN_AUS`; the records' `au_ids`): AUs outside the set never show.
 
     Subject ids are f"{subject_prefix}{k:03d}", sources f"synthetic:{domain}:seed{seed}:{subject}:{j:04d}".
     With `spurious_cue_au=a`, an image showing AU a carries the cue (a white square with a black rim in the
@@ -224,22 +258,23 @@ def generate(num_subjects: int, images_per_subject: int, domain: str = "posed", 
     of its block of 32 (so that its pixels do not depend on which rows are read with it), and keeps them, instead of
     rendering every image now; labels, intensities and landmarks need no rendering and are there at once.
     """
-    _check_arguments(num_subjects, images_per_subject, domain, seed, spurious_cue_au, spurious_cue_probability)
+    aus = facs.resolve_aus(aus)
+    _check_arguments(num_subjects, images_per_subject, domain, seed, spurious_cue_au, spurious_cue_probability, aus)
     subjects = sample_subjects(num_subjects, seed, domain, subject_prefix)
     subject_index = np.repeat(np.arange(num_subjects), images_per_subject)
     image_index = np.tile(np.arange(images_per_subject), num_subjects)
     image_subjects = select(subjects, subject_index)
     labels, intensity, pose = _labels_and_poses(
-        [_image_rng(seed, domain, subject_prefix, k, j) for k, j in zip(subject_index, image_index)], domain)
+        [_image_rng(seed, domain, subject_prefix, k, j) for k, j in zip(subject_index, image_index)], domain, aus)
     renderer = _Renderer(image_subjects, list(zip(subject_index, image_index)), seed, domain, subject_prefix,
-                         spurious_cue_au, spurious_cue_probability, workers)
+                         spurious_cue_au, spurious_cue_probability, aus, workers)
     n = len(subject_index)
     subject_ids = np.array([f"{subject_prefix}{k:03d}" for k in range(num_subjects)])[subject_index]
     sources = np.array([f"synthetic:{domain}:seed{seed}:{s}:{j:04d}" for s, j in zip(subject_ids, image_index)])
     return records.FaceRecords(
         image=records.LazyImages(n, _kept(renderer.render, n)) if images_on_demand else renderer.render(np.arange(n)),
-        landmarks=face_landmarks(image_subjects, intensity, pose), labels=labels, intensity=intensity,
-        subject=subject_ids, source=sources, name=name)
+        landmarks=face_landmarks(image_subjects, intensity, pose, aus), labels=labels, intensity=intensity,
+        subject=subject_ids, source=sources, name=name, au_ids=aus)
 
 
 def sample_subjects(num_subjects: int, seed: int = 0, domain: str = "posed",
@@ -262,18 +297,41 @@ def sample_subjects(num_subjects: int, seed: int = 0, domain: str = "posed",
     return {key: value.astype(np.float32) for key, value in params.items()}
 
 
-def sample_labels(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One image's AUs from the label model: labels uint8 (8,) with at least one 1, intensity float32 (8,)."""
+def sample_labels(rng: np.random.Generator, aus: tuple[int, ...] = facs.PAIN_AUS) -> tuple[np.ndarray, np.ndarray]:
+    """One image's AUs of the set `aus` from the label model: labels uint8 (A,) with at least one 1, intensity float32
+    (A,). The pain AUs are drawn first, as they were before other AUs existed (so the pain set's draws, and with them
+    every later draw of the image, are unchanged); the other AUs only where the set holds some."""
+    wanted = set(aus)
     present = set()
     while not present:
         expression = rng.random() < _PAIN_EXPRESSION_PROBABILITY
-        present = {au for au, p in _UPPER_FACE_PROBABILITY.items() if rng.random() < p[0 if expression else 1]}
-        eyes_closing = bool(present & {6, 7})
-        present |= {au for au, p in _EYE_CLOSURE_PROBABILITY.items() if rng.random() < p[0 if eyes_closing else 1]}
-        present |= set(_MOUTH_STATES[rng.choice(len(_MOUTH_STATES), p=_MOUTH_STATE_PROBABILITIES)])
-    labels = np.array([au in present for au in facs.AU_IDS], np.uint8)
-    intensity = labels * (1.0 + 4.0 * rng.random(facs.NUM_AUS) ** _INTENSITY_SKEW)
+        drawn = {au for au, p in _UPPER_FACE_PROBABILITY.items() if rng.random() < p[0 if expression else 1]}
+        eyes_closing = bool(drawn & {6, 7})
+        drawn |= {au for au, p in _EYE_CLOSURE_PROBABILITY.items() if rng.random() < p[0 if eyes_closing else 1]}
+        drawn |= set(_MOUTH_STATES[rng.choice(len(_MOUTH_STATES), p=_MOUTH_STATE_PROBABILITIES)])
+        if wanted - set(facs.PAIN_AUS):
+            drawn |= _other_aus(rng, expression, eyes_closing)
+        present = _compatible(drawn & wanted)
+    labels = np.array([au in present for au in aus], np.uint8)
+    intensity = labels * (1.0 + 4.0 * rng.random(len(aus)) ** _INTENSITY_SKEW)
     return labels, intensity.astype(np.float32)
+
+
+def _other_aus(rng: np.random.Generator, pain_expression: bool, eyes_closing: bool) -> set[int]:
+    """The AUs outside the pain set (and a few pain AUs that go with them), from the latent expressions of
+    `_OTHER_EXPRESSIONS` and the pain expression's AU20 and AU43 (see the module docstring)."""
+    drawn = set()
+    for probability, with_expression, without in _OTHER_EXPRESSIONS:
+        shown = rng.random() < probability
+        drawn |= {au for au, p in (with_expression if shown else without).items() if rng.random() < p}
+    closure = pain_expression and eyes_closing
+    drawn |= {au for au, p in _PAIN_EXTRAS.items() if rng.random() < p[0 if closure else 1]}
+    return drawn
+
+
+def _compatible(present: set[int]) -> set[int]:
+    """`present` without the AUs a face cannot show beside others in it (`_EXCLUDED_BY`: eyes shut, open mouth)."""
+    return {au for au in present if not present & _EXCLUDED_BY.get(au, set())}
 
 
 def sample_poses(rngs: list[np.random.Generator], domain: str) -> dict[str, np.ndarray]:
@@ -297,14 +355,15 @@ def sample_scenes(rngs: list[np.random.Generator], domain: str) -> dict[str, np.
 
 
 def render(subjects: dict[str, np.ndarray], intensity: np.ndarray, pose: dict[str, np.ndarray],
-           scene: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """n faces: subjects {name: (n, ...)}, intensity (n, 8) in 0..5 (facs.AU_IDS order), pose and scene (n, ...).
+           scene: dict[str, np.ndarray], aus: tuple[int, ...] = facs.PAIN_AUS) -> tuple[np.ndarray, np.ndarray]:
+    """n faces: subjects {name: (n, ...)}, intensity (n, A) in 0..5 of the AUs `aus` (A of them, in that order; AUs
+    outside the set are absent), pose and scene (n, ...).
 
     Returns images uint8 (n, 112, 112, 3) and landmarks float32 (n, 68, 2) as (x, y) pixels. Rendering the same
     subjects, pose and scene with different intensities changes only what the AUs change (the pixel noise is part
     of the scene).
     """
-    geometry = face_geometry(subjects, intensity)
+    geometry = face_geometry(subjects, intensity, aus)
     forward = _pose_matrices(pose)
     landmarks = _apply_affine(forward, canonical_landmarks(geometry))
     face = _warp(_draw_face(subjects, geometry, scene["gaze"]), forward)
@@ -318,10 +377,11 @@ def render(subjects: dict[str, np.ndarray], intensity: np.ndarray, pose: dict[st
     return _to_uint8(image), _pixel_convention(landmarks)
 
 
-def face_landmarks(subjects: dict[str, np.ndarray], intensity: np.ndarray, pose: dict[str, np.ndarray]) -> np.ndarray:
+def face_landmarks(subjects: dict[str, np.ndarray], intensity: np.ndarray, pose: dict[str, np.ndarray],
+                   aus: tuple[int, ...] = facs.PAIN_AUS) -> np.ndarray:
     """The landmarks `render` returns for these faces, without rendering: float32 (n, 68, 2) (x, y) pixels."""
-    return _pixel_convention(_apply_affine(_pose_matrices(pose), canonical_landmarks(face_geometry(subjects,
-                                                                                                    intensity))))
+    geometry = face_geometry(subjects, intensity, aus)
+    return _pixel_convention(_apply_affine(_pose_matrices(pose), canonical_landmarks(geometry)))
 
 
 def _pixel_convention(landmarks: np.ndarray) -> np.ndarray:
@@ -342,11 +402,18 @@ def effect_amount(intensity: np.ndarray) -> np.ndarray:
     return np.where(intensity > 0, 0.8 + 0.2 * (np.clip(intensity, 1.0, 5.0) - 1.0) / 4.0, 0.0).astype(np.float32)
 
 
-def face_geometry(subjects: dict[str, np.ndarray], intensity: np.ndarray) -> dict[str, np.ndarray]:
-    """Canonical-frame shape of n faces after their AUs: {name: (n, 1, 1) float32}, pixels or AU amounts."""
+def face_geometry(subjects: dict[str, np.ndarray], intensity: np.ndarray,
+                  aus: tuple[int, ...] = facs.PAIN_AUS) -> dict[str, np.ndarray]:
+    """Canonical-frame shape of n faces after their AUs: {name: (n, 1, 1) float32}, pixels or AU amounts.
+
+    intensity: (n, A) of the AUs `aus`; an AU outside the set is absent. Each AU outside the pain set adds a term
+    that is exactly 0 when it is absent, so faces of the pain AUs come out bit for bit as before those AUs existed.
+    """
     p = {key: value[:, None, None] for key, value in subjects.items() if value.ndim == 1}
     amount = effect_amount(intensity)
-    a4, a6, a7, a9, a10, a25, a26, a27 = (amount[:, facs.au_column(au), None, None] for au in facs.AU_IDS)
+    absent = np.zeros((len(intensity), 1, 1), np.float32)
+    a = {au: amount[:, aus.index(au), None, None] if au in aus else absent for au in facs.KNOWN_AUS}
+    a4, a6, a7, a9, a10, a25, a26, a27 = (a[au] for au in facs.PAIN_AUS)
     eye_y = p["eye_y"]
     jaw_top = eye_y + p["jaw_top_below_eyes"]
     chin = eye_y + p["chin_below_eyes"]
@@ -359,23 +426,30 @@ def face_geometry(subjects: dict[str, np.ndarray], intensity: np.ndarray) -> dic
             jaw_depth=chin - jaw_top, jaw_drop=drop, head_top=jaw_top - p["head_height"],
             brow_inner_x=p["brow_gap"] - 2.5 * a4,
             brow_outer_x=p["brow_gap"] + p["brow_length"] - 1.0 * a4,
-            brow_inner_y=eye_y - p["brow_height_inner"] + 3.5 * a4,
-            brow_outer_y=eye_y - p["brow_height_outer"] + 1.5 * a4,
-            brow_arch=p["brow_arch"] * (1.0 - 0.6 * a4),
+            brow_inner_y=eye_y - p["brow_height_inner"] + 3.5 * a4 - 3.5 * a[1] - 0.5 * a[2],
+            brow_outer_y=eye_y - p["brow_height_outer"] + 1.5 * a4 - 0.6 * a[1] - 3.5 * a[2],
+            brow_arch=p["brow_arch"] * (1.0 - 0.6 * a4) * (1.0 + 0.3 * a[2]),
             brow_thick_inner=p["brow_thick_inner"] * (1.0 + 0.25 * a4), brow_thick_outer=p["brow_thick_outer"],
             eye_x=p["eye_gap"], eye_y=eye_y, eye_half_width=p["eye_half_width"], eye_tilt=p["eye_tilt"],
-            eye_upper=p["eye_upper"] * (1.0 - 0.4 * a7),
+            eye_upper=p["eye_upper"] * (1.0 - 0.4 * a7) * (1.0 + 0.55 * a[5]), lid_closure=0.97 * a[43],
             eye_lower=p["eye_lower"] * (1.0 - 0.5 * a7) * (1.0 - 0.45 * a6),
             eye_lower_neutral=p["eye_lower"], iris_radius=p["iris_radius"],
             nose_top=eye_y - 1.0, nose_tip=nose_tip - 0.7 * a9,
             nose_base=nose_tip + p["nose_base_below_tip"] - 2.5 * a9,
             nose_base_neutral=nose_tip + p["nose_base_below_tip"], nose_half_width=p["nose_half_width"],
-            mouth_y=mouth_y, mouth_half_width=p["mouth_half_width"] * (1.0 + 0.08 * a27),
+            mouth_y=mouth_y,
+            mouth_half_width=p["mouth_half_width"] * (1.0 + 0.08 * a27 + 0.10 * a[12] + 0.22 * a[20] - 0.06 * a[14]
+                                                      - 0.06 * a[23]),
             mouth_half_width_neutral=p["mouth_half_width"],
-            upper_lip=p["upper_lip"], lower_lip=p["lower_lip"], lip_lift=lip_lift,
+            upper_lip=p["upper_lip"] * (1.0 - 0.3 * a[20] - 0.45 * a[23] - 0.35 * a[24]),
+            lower_lip=p["lower_lip"] * (1.0 - 0.3 * a[20] - 0.45 * a[23] - 0.3 * a[24] - 0.3 * a[17]),
+            lip_lift=lip_lift, corner_lift=3.0 * a[12] - 2.5 * a[15] - 0.8 * a[20], lip_push=1.2 * a[17],
+            chin_lift=2.0 * a[17],
             gap_upper=0.8 * a25 + 0.1 * drop + 1.5 * a27 + 0.35 * lip_lift,
             gap_lower=1.5 * a25 + 0.85 * drop,
             glabella_furrows=a4, cheek_raise=a6, lid_tension=a7, nose_wrinkles=a9, fold_deepening=a10,
+            inner_brow_raise=a[1], outer_brow_raise=a[2], dimples=a[14], lip_press=a[24], lip_tension=a[23],
+            chin_boss=a[17],
     )
 
 
@@ -414,7 +488,7 @@ def canonical_landmarks(geometry: dict[str, np.ndarray]) -> np.ndarray:
 # Sampling
 
 
-def _check_arguments(num_subjects, images_per_subject, domain, seed, spurious_cue_au, spurious_cue_probability):
+def _check_arguments(num_subjects, images_per_subject, domain, seed, spurious_cue_au, spurious_cue_probability, aus):
     if domain not in DOMAINS:
         raise ValueError(f"unknown synthetic domain {domain!r}; choose one of {DOMAINS}")
     if num_subjects < 1 or images_per_subject < 1:
@@ -423,7 +497,7 @@ def _check_arguments(num_subjects, images_per_subject, domain, seed, spurious_cu
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     if spurious_cue_au is not None:
-        facs.au_column(spurious_cue_au)
+        facs.au_column(spurious_cue_au, aus)
     if not 0.0 <= spurious_cue_probability <= 1.0:
         raise ValueError(f"spurious_cue_probability must lie in [0, 1], got {spurious_cue_probability}")
 
@@ -441,10 +515,10 @@ def _task_runner(workers: int):
 class _Renderer:
     """Renders the images of `keys` [(subject, image), ...] (subject parameters per image in `subjects`)."""
 
-    def __init__(self, subjects, keys, seed, domain, subject_prefix, spurious_cue_au, spurious_cue_probability,
+    def __init__(self, subjects, keys, seed, domain, subject_prefix, spurious_cue_au, spurious_cue_probability, aus,
                  workers):
         self.subjects, self.keys, self.workers = subjects, keys, workers
-        self.settings = (seed, domain, subject_prefix, spurious_cue_au, spurious_cue_probability)
+        self.settings = (seed, domain, subject_prefix, spurious_cue_au, spurious_cue_probability, aus)
 
     def render(self, rows: np.ndarray) -> np.ndarray:
         """Images uint8 (len(rows), 112, 112, 3) of the images at `rows`."""
@@ -483,30 +557,31 @@ def _kept(render, num_images: int):
     return read
 
 
-def _render_task(subjects, keys, seed, domain, subject_prefix, spurious_cue_au, spurious_cue_probability):
+def _render_task(subjects, keys, seed, domain, subject_prefix, spurious_cue_au, spurious_cue_probability, aus):
     """Images of `keys` [(subject, image), ...], rendered in chunks of _CHUNK."""
     parts = []
     for start in range(0, len(keys), _CHUNK):
         rngs = [_image_rng(seed, domain, subject_prefix, k, j) for k, j in keys[start:start + _CHUNK]]
         parts.append(_render_chunk(select(subjects, slice(start, start + _CHUNK)), rngs, domain, spurious_cue_au,
-                                   spurious_cue_probability))
+                                   spurious_cue_probability, aus))
     return np.concatenate(parts)
 
 
-def _labels_and_poses(rngs, domain):
-    """Labels (n, 8), intensity (n, 8) and pose from each image's generator (the first things drawn from it)."""
-    labels, intensity = (np.stack(column) for column in zip(*(sample_labels(rng) for rng in rngs)))
+def _labels_and_poses(rngs, domain, aus):
+    """Labels (n, A), intensity (n, A) of the AUs `aus` and pose from each image's generator (the first things drawn
+    from it)."""
+    labels, intensity = (np.stack(column) for column in zip(*(sample_labels(rng, aus) for rng in rngs)))
     return labels, intensity, sample_poses(rngs, domain)
 
 
-def _render_chunk(subjects, rngs, domain, spurious_cue_au, spurious_cue_probability):
+def _render_chunk(subjects, rngs, domain, spurious_cue_au, spurious_cue_probability, aus):
     """Labels, pose and scene from each image's generator, then the render: images uint8 (n, 112, 112, 3)."""
-    labels, intensity, pose = _labels_and_poses(rngs, domain)
+    labels, intensity, pose = _labels_and_poses(rngs, domain, aus)
     scene = sample_scenes(rngs, domain)
     if spurious_cue_au is not None:
-        shows_au = labels[:, facs.au_column(spurious_cue_au)] == 1
+        shows_au = labels[:, facs.au_column(spurious_cue_au, aus)] == 1
         scene["cue"] = shows_au & (scene["cue_draw"] < spurious_cue_probability)
-    return render(subjects, intensity, pose, scene)[0]
+    return render(subjects, intensity, pose, scene, aus)[0]
 
 
 def _key(seed, domain, subject_prefix, subject) -> list[int]:
@@ -549,7 +624,7 @@ def _jaw_curve(u, g):
     r = np.clip(np.abs(u) / g["jaw_half_width"], 0.0, 1.0)
     drop_weight = np.clip(1.0 - (u / (0.8 * g["jaw_half_width"])) ** 2, 0.0, None) ** 2
     contour = g["jaw_depth"] * (1.0 - r ** g["jaw_exponent"]) ** (1.0 / g["jaw_exponent"])
-    return g["jaw_top"] + contour + g["jaw_drop"] * drop_weight
+    return g["jaw_top"] + contour + g["jaw_drop"] * drop_weight - g["chin_lift"] * drop_weight
 
 
 def _ellipse_top(u, half_width, bottom, height):
@@ -574,7 +649,8 @@ def _eyelids(s, g, side, upper_scale=1.0, width_scale=1.0):
     """(upper, lower) lid y at s (-1 image-left corner, 1 image-right corner) of the eye on `side` (-1 right)."""
     k = np.clip(1.0 - (s / width_scale) ** 2, 0.0, None)
     base = g["eye_y"] - side * g["eye_tilt"] * s
-    return base - upper_scale * g["eye_upper"] * k ** 0.8, base + g["eye_lower"] * k
+    upper, lower = base - upper_scale * g["eye_upper"] * k ** 0.8, base + g["eye_lower"] * k
+    return upper + g["lid_closure"] * (lower - upper), lower  # AU43 brings the upper lid down to the lower
 
 
 def _inner_mouth_half_width(g):
@@ -585,8 +661,9 @@ def _lip_curves(u, g):
     """(upper lip top, upper lip inner edge, lower lip inner edge, lower lip bottom) y at offset u from the axis."""
     k = np.clip(1.0 - (u / g["mouth_half_width"]) ** 2, 0.0, None)
     k_inner = np.clip(1.0 - (u / _inner_mouth_half_width(g)) ** 2, 0.0, None)
-    inner_upper = g["mouth_y"] - g["gap_upper"] * k_inner
-    inner_lower = g["mouth_y"] + g["gap_lower"] * k_inner
+    bend = g["corner_lift"] * (1.0 - k) + g["lip_push"] * k_inner  # AU12/15/20 move the corners, AU17 the middle
+    inner_upper = g["mouth_y"] - g["gap_upper"] * k_inner - bend
+    inner_lower = g["mouth_y"] + g["gap_lower"] * k_inner - bend
     cupid = k ** 0.55 * (1.0 - 0.3 * np.exp(-(u / (0.2 * g["mouth_half_width"])) ** 2))
     upper_top = inner_upper - g["upper_lip"] * cupid - g["lip_lift"] * k ** 0.5
     lower_bottom = inner_lower + g["lower_lip"] * k ** 0.7
@@ -783,6 +860,25 @@ def _draw_brows(canvas, s, g):
         for side in (-1, 1):
             line_x = _CENTRE_X + side * (0.45 * g["brow_inner_x"] + 0.3)
             _shade(canvas, region, _stroke(region.x, line_x, 0.45) * along, 0.4 * furrows)
+    inner = g["inner_brow_raise"]
+    if np.any(inner > 0):  # AU1: horizontal wrinkles over the middle of the forehead, above the raised inner brows
+        half, top = g["brow_inner_x"] + 4.0, g["brow_inner_y"] - 0.5 * g["brow_thick_inner"]
+        region = _Region(_CENTRE_X - half, _CENTRE_X + half, top - 8.0, top)
+        u = region.x - _CENTRE_X
+        for rise in (3.5, 6.5):
+            line = _stroke(region.y, top - rise + 0.015 * u * u, 0.45) * _span(u, -half, half)
+            _shade(canvas, region, line, 0.35 * inner)
+    outer = g["outer_brow_raise"]
+    if np.any(outer > 0):  # AU2: a crease above the outer half of each raised brow
+        for side in (-1, 1):
+            x_out, x_in = _CENTRE_X + side * g["brow_outer_x"], _CENTRE_X + side * g["brow_inner_x"]
+            x_mid = x_out + 0.55 * (x_in - x_out)
+            region = _Region(np.minimum(x_out, x_mid), np.maximum(x_out, x_mid),
+                             g["brow_outer_y"] - g["brow_arch"] - g["brow_thick_inner"] - 4.0, g["brow_outer_y"])
+            t = np.clip((region.x - x_out) / (x_in - x_out), 0.0, 1.0)
+            crease = _brow_centre(t, g) - g["brow_thick_outer"] - 2.2
+            along = _span(region.x, np.minimum(x_out, x_mid), np.maximum(x_out, x_mid))
+            _shade(canvas, region, _stroke(region.y, crease, 0.45) * along, 0.35 * outer)
 
 
 def _draw_eye(canvas, s, g, side, gaze):
@@ -895,8 +991,9 @@ def _draw_mouth(canvas, s, g):
     for side in (-1, 1):
         _shade(canvas, region, _stroke(region.x, _CENTRE_X + side * 1.6, 0.5) * philtrum, 0.08)
 
-    region = _Region(_CENTRE_X - half, _CENTRE_X + half, mouth_y - g["gap_upper"] - g["upper_lip"] - g["lip_lift"],
-                     mouth_y + g["gap_lower"] + g["lower_lip"])
+    region = _Region(_CENTRE_X - half, _CENTRE_X + half,
+                     mouth_y - g["gap_upper"] - g["upper_lip"] - g["lip_lift"] - np.maximum(g["corner_lift"], 0.0)
+                     - g["lip_push"], mouth_y + g["gap_lower"] + g["lower_lip"] + np.maximum(-g["corner_lift"], 0.0))
     u = region.x - _CENTRE_X
     upper_top, inner_upper, inner_lower, lower_bottom = _lip_curves(u, g)
     _paint(canvas, region, _span(region.y, upper_top, inner_upper), s["lips"])
@@ -907,13 +1004,47 @@ def _draw_mouth(canvas, s, g):
     _paint(canvas, region, upper_teeth * _span(u, -0.8 * inner_half, 0.8 * inner_half), _TEETH)
     lower_teeth = _span(region.y, np.maximum(inner_lower - 1.8, inner_upper + 2.8), inner_lower)
     _paint(canvas, region, lower_teeth * _span(u, -0.6 * inner_half, 0.6 * inner_half), _TEETH * 0.9)
+    if np.any(g["lip_tension"] > 0):  # AU23: the tightened lips' borders drawn in
+        across = _span(u, -0.85 * half, 0.85 * half)
+        for border in (upper_top, lower_bottom):
+            _shade(canvas, region, _stroke(region.y, border, 0.4) * across, 0.3 * g["lip_tension"])
+    _draw_lip_marks(canvas, s, g)
 
     region, highlight = _spot(_CENTRE_X, mouth_y + g["gap_lower"] + 0.45 * g["lower_lip"], 4.0, 1.0)
     _paint(canvas, region, 0.15 * highlight, _WHITE)
     region, shadow = _spot(_CENTRE_X, lower_bottom_centre + 3.0, 6.0, 1.5)
     _shade(canvas, region, shadow, 0.14)
-    region, highlight = _spot(_CENTRE_X, g["jaw_top"] + g["jaw_depth"] + g["jaw_drop"] - 6.0, 5.0, 2.0)
+    region, highlight = _spot(_CENTRE_X, g["jaw_top"] + g["jaw_depth"] + g["jaw_drop"] - 6.0 - g["chin_lift"], 5.0,
+                              2.0)
     _paint(canvas, region, 0.15 * highlight, np.clip(s["skin"] * 1.1, 0.0, 1.0))
+
+
+def _draw_lip_marks(canvas, s, g):
+    """What AU14, AU24 and AU17 draw around the lips: dimples beside the corners, the bulges of pressed lips, the
+    dimpled chin boss under a pushed-up lower lip."""
+    half, mouth_y = g["mouth_half_width"], g["mouth_y"]
+    if np.any(g["dimples"] > 0):  # AU14: a short crescent beside each tightened corner
+        corner_y = mouth_y - g["corner_lift"]
+        for side in (-1, 1):
+            x = _CENTRE_X + side * (half + 2.0)
+            region = _Region(x - 2.5, x + 2.5, corner_y - 3.5, corner_y + 3.5)
+            curve = x + side * 0.12 * (region.y - corner_y) ** 2
+            dimple = _stroke(region.x, curve, 0.5) * _span(region.y, corner_y - 3.0, corner_y + 3.0)
+            _shade(canvas, region, dimple, 0.4 * g["dimples"])
+    if np.any(g["lip_press"] > 0):  # AU24: skin bulging above and below the pressed lips
+        region = _Region(_CENTRE_X - half, _CENTRE_X + half, mouth_y - g["upper_lip"] - 4.0,
+                         mouth_y + g["lower_lip"] + 4.0)
+        u = region.x - _CENTRE_X
+        upper_top, _, _, lower_bottom = _lip_curves(u, g)
+        across = _span(u, -0.8 * half, 0.8 * half)
+        _paint(canvas, region, 0.35 * g["lip_press"] * _stroke(region.y, upper_top - 1.4, 0.7) * across,
+               np.clip(s["skin"] * 1.15, 0.0, 1.0))
+        _shade(canvas, region, _stroke(region.y, lower_bottom + 1.3, 0.7) * across, 0.3 * g["lip_press"])
+    if np.any(g["chin_boss"] > 0):  # AU17: the raised chin boss, dimpled
+        boss_y = g["jaw_top"] + g["jaw_depth"] + g["jaw_drop"] - g["chin_lift"] - 6.0
+        region = _Region(_CENTRE_X - 6.0, _CENTRE_X + 6.0, boss_y - 4.0, boss_y + 4.0)
+        for dx, dy in ((-3.0, -1.0), (0.0, 0.5), (3.0, -1.0), (-1.5, 2.2), (1.5, 2.2)):
+            _shade(canvas, region, _blob(region, _CENTRE_X + dx, boss_y + dy, 0.9, 0.9), 0.3 * g["chin_boss"])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -53,13 +53,8 @@ def save_heatmap_png(path, heatmap: np.ndarray, image: np.ndarray | None = None)
     return path
 
 
-def au_label(au: int) -> str:
-    """'AU4 brow lowerer'."""
-    return f"AU{au} {facs.AU_NAMES[au]}"
-
-
 def heatmap_grid_figure(heatmaps: np.ndarray, images: np.ndarray | None = None,
-                        column_titles: Sequence[str] | None = None, au_ids: Sequence[int] = facs.AU_IDS,
+                        column_titles: Sequence[str] | None = None, *, au_ids: Sequence[int],
                         cell_inches: float = 1.4) -> Figure:
     """A grid with one row per AU (labelled 'AU4 brow lowerer', ...) and one column per image.
 
@@ -82,16 +77,16 @@ def heatmap_grid_figure(heatmaps: np.ndarray, images: np.ndarray | None = None,
             ax.set_xticks([])
             ax.set_yticks([])
             if column == 0:
-                ax.set_ylabel(au_label(au), fontsize=8)
+                ax.set_ylabel(facs.au_label(au), fontsize=8)
             if row == 0 and column_titles is not None:
                 ax.set_title(column_titles[column], fontsize=8)
     return figure
 
 
 def save_heatmap_grid(path, heatmaps: np.ndarray, images: np.ndarray | None = None,
-                      column_titles: Sequence[str] | None = None, dpi: int = 120) -> Path:
+                      column_titles: Sequence[str] | None = None, dpi: int = 120, *, au_ids: Sequence[int]) -> Path:
     """`heatmap_grid_figure` written as a PNG; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    heatmap_grid_figure(heatmaps, images, column_titles).savefig(path, dpi=dpi)
+    heatmap_grid_figure(heatmaps, images, column_titles, au_ids=au_ids).savefig(path, dpi=dpi)
     return path
