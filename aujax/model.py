@@ -8,7 +8,8 @@ trains any graph.
   resnet34       the same with BasicBlocks [3, 4, 6, 3]
   resnet50       Bottleneck blocks [3, 4, 6, 3] (conv1 1x1 -> conv2 3x3, stride here as torchvision -> conv3 1x1 to
                  4x the stage width), the shortcut projected where the shape changes
-  vgg11_bn       conv 3x3 (with bias, as torchvision) + BN + ReLU stages of [1, 1, 2, 2, 2] convolutions, each followed by max pool 2x2/2, then
+  vgg11_bn       conv 3x3 (with bias, as torchvision) + BN + ReLU stages of [1, 1, 2, 2, 2] convolutions, each
+                 followed by max pool 2x2/2, then
                  global average pooling -> fc1 -> relu -> fc2 -> relu -> head (fc widths 8x the last stage's)
   mobilenet_v2   stem conv 3x3/2 + BN + ReLU6, inverted residual stages (1x1 expansion by t, depthwise 3x3, linear
                  1x1 projection; residual add where shape is kept) as torchvision, last conv 1x1 + BN + ReLU6,
@@ -54,7 +55,8 @@ WIDTH_PRESETS = {preset: tuple(w // divisor for w in FULL_WIDTHS["resnet18"])
 
 def _architecture(name: str) -> str:
     if name not in FULL_WIDTHS:
-        raise ValueError(f"model name {name!r}: expected one of {', '.join(ARCHITECTURES)}")
+        raise ValueError(f"model name {name!r} (--model, config.model.name): expected one of "
+                         f"{', '.join(ARCHITECTURES)}")
     return name
 
 
