@@ -4,9 +4,11 @@
 Each AU's region is a union of up to `MAX_BOXES` rectangles. A rectangle is centred on the mean of a few
 iBUG-68 landmarks, moved by an offset, and sized, both in *rulers*: the distance between the inner eye
 corners (points 39 and 42), so regions scale with the face. EAC-Net (Li et al., 2017) introduced AU centres as
-landmarks moved by fractions of this ruler; where JAA-Net (Shao et al., 2018) defines a centre for an AU, ours is
-JAA-Net's (AU1, 2, 4, 6, 7, 9, 12, 14, 15, 17, 23, 24; `AURegion.source`), the other centres, the AU4 glabella box,
-the AU7 offset and all sizes are ours. `AU_REGIONS` is the single source: μ, the Figure 1 drawing and the region
+landmarks moved by fractions of this ruler. The centres of AU1, 2, 4, 6, 7, 9, 12, 14, 15, 17, 23 and 24 are those
+of JAA-Net (Shao et al., 2018; `AURegion.source`); JAA-Net also centres AU10 on the inner upper lip and AU25 / AU26 on
+the lips' and half a ruler below the lower lip's middle, but these three keep the boxes aujax had before other AUs,
+so that the pain set's μ stays as it was. The other centres, the AU4 glabella box, the AU7 offset and all sizes are
+ours. `AU_REGIONS` is the single source: μ, the Figure 1 drawing and the region
 table of docs/verification.md (`region_table_markdown`) all read it.
 
 Coordinates are continuous pixels, x right and y down: pixel (row i, column j) covers x in [j, j+1),
