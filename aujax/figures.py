@@ -61,10 +61,10 @@ def region_boxes(landmarks: np.ndarray, aus: Sequence[int]) -> np.ndarray:
 
 
 def _face_and_au_axes(figure: Figure, count: int, width_per_column: float, height_per_row: float) -> tuple:
-    """The face's axes (two columns wide, all rows high) and `count` AU axes beside it, 4 per row up to 8 AUs, 6 per
-    row for more; the figure sized to fit. Returns (face axes, [AU axes])."""
-    columns = 4 if count <= 8 else 6
-    rows = max(2, -(-count // columns))
+    """The face's axes (two columns wide, all rows high) and `count` AU axes beside it in 2 rows (3 beyond 12 AUs),
+    at least 4 per row; the figure sized to fit. Returns (face axes, [AU axes])."""
+    rows = 2 if count <= 12 else 3
+    columns = max(4, -(-count // rows))
     figure.set_size_inches(width_per_column * (columns + 2), height_per_row * rows)
     grid = figure.add_gridspec(rows, columns + 2)
     return figure.add_subplot(grid[:, :2]), [figure.add_subplot(grid[a // columns, 2 + a % columns])

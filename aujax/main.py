@@ -42,6 +42,8 @@ flags.DEFINE_string("data_dir", None, "Where built (TFDS) datasets live. Overrid
 flags.DEFINE_integer("epochs", None, "Epochs per fold. Overrides config.train.epochs.")
 flags.DEFINE_integer("batch_size", None, "Global batch size (divisible by the device count).")
 flags.DEFINE_integer("seed", None, "Seed for initialisation and data order. Overrides config.seed.")
+flags.DEFINE_string("model", None, "Architecture: resnet18 (default), resnet34, resnet50, vgg11_bn or mobilenet_v2. "
+                    "Overrides config.model.name.")
 flags.DEFINE_string("width", None, "Model stage widths: full, reduced, tiny or a,b,c,d. Overrides "
                     "config.model.widths.")
 flags.DEFINE_float("threshold", None, "Decision threshold on the sigmoid outputs. Overrides config.model.threshold.")
@@ -66,8 +68,8 @@ flags.DEFINE_list("local_device_ids", None, "Multi-host runs: the local devices 
 
 _OVERRIDES = {  # flag -> config field
     "train_data": "data.train", "cv_data": "data.cv", "cross_data": "data.cross", "data_dir": "data.data_dir",
-    "epochs": "train.epochs", "batch_size": "train.batch_size", "seed": "seed", "width": "model.widths",
-    "threshold": "model.threshold", "composite": "explain.composite",
+    "epochs": "train.epochs", "batch_size": "train.batch_size", "seed": "seed", "model": "model.name",
+    "width": "model.widths", "threshold": "model.threshold", "composite": "explain.composite",
 }
 
 

@@ -40,6 +40,8 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionErro
 _RUN_IDENTITY = ("seed", "aus", "data", "synthetic", "model", "train", "protocol")
 # What a run record written before a setting existed means by it (its run had that setting's one value then).
 _BEFORE_THE_SETTING = {"aus": ",".join(map(str, facs.PAIN_AUS))}
+# The same for fields added to a section since: {section: {field: the one value earlier runs had}}.
+_BEFORE_THE_FIELD = {"model": {"name": "resnet18"}}
 # Fields of those sections that change how a run is watched, not what it computes: neither recorded nor compared (so a
 # workdir trained before such a field existed still resumes).
 _WATCHING_ONLY = {"train": ("log_every_steps",)}
@@ -51,7 +53,7 @@ def check_settings(config) -> None:
         facs.resolve_aus(config.aus)
     except ValueError as e:
         raise ValueError(f"--config.aus: {e}") from None
-    model_lib.resolve_widths(config.model.widths)
+    model_lib.resolve_widths(config.model.widths, config.model.name)
     for composite in (config.explain.composite, *config.explain.compare):
         if composite not in lrp.COMPOSITES:
             raise ValueError(f"LRP composite {composite!r}: expected one of {', '.join(lrp.COMPOSITES)}")
@@ -94,10 +96,16 @@ def prepare_workdir(workdir: str, config) -> None:
     if saved is None or not protocol.holds_trained_state(workdir):
         return
     settings = run_settings(config)
-    changed = [k for k in _RUN_IDENTITY if saved.get(k, _BEFORE_THE_SETTING.get(k)) != settings[k]]
+    changed = [k for k in _RUN_IDENTITY if _saved_setting(saved, k) != settings[k]]
     if changed:
         raise ValueError(f"--workdir={workdir} holds a run with other settings ({', '.join(changed)} differ from "
                          f"{path}); use a new --workdir or the same settings")
+
+
+def _saved_setting(saved: dict, key: str):
+    """Setting `key` of a run record as this aujax would write it (settings and fields added since filled in)."""
+    value = saved.get(key, _BEFORE_THE_SETTING.get(key))
+    return {**_BEFORE_THE_FIELD[key], **value} if key in _BEFORE_THE_FIELD and isinstance(value, dict) else value
 
 
 def run_settings(config) -> dict:
@@ -154,7 +162,7 @@ def adopt_run_settings(workdir: str, config) -> None:
         return
     with config.unlocked():
         for key in _RUN_IDENTITY:
-            value = saved.get(key, _BEFORE_THE_SETTING.get(key))
+            value = _saved_setting(saved, key)
             if value is not None:
                 config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
     logging.info("using the settings of the trained run in %s", rundir.RunDir(workdir).config)

@@ -58,8 +58,9 @@ def test_stage_resolutions_match_resnet_at_112():
     network = model_lib.create_model((4, 8, 8, 8))
     variables = jax.eval_shape(lambda: model_lib.init_variables(network, jax.random.key(0)))
     images = jax.ShapeDtypeStruct((1, 112, 112, 3), jnp.float32)
-    sizes = [jax.eval_shape(lambda v, x, s=s: graph.apply(network.graph, v, x, output=f"{model_lib.block_name(s, 1)}/relu"),
-                            variables, images).shape[1] for s in range(4)]
+    outputs = [f"{model_lib.block_name(stage, 1)}/relu" for stage in range(4)]
+    sizes = [jax.eval_shape(lambda v, x, o=o: graph.apply(network.graph, v, x, output=o), variables, images).shape[1]
+             for o in outputs]
     assert sizes == [28, 14, 7, 4]
 
 

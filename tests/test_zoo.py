@@ -51,7 +51,8 @@ def test_widths_resolve_per_architecture_and_bad_ones_are_refused():
     assert model.resolve_widths("4,4,8,8,8", "vgg11_bn") == (4, 4, 8, 8, 8)
     with pytest.raises(ValueError, match="expected 5 positive integers for vgg11_bn"):
         model.resolve_widths("4,8,8,8", "vgg11_bn")
-    with pytest.raises(ValueError, match="model name 'alexnet': expected one of resnet18, resnet34"):
+    with pytest.raises(ValueError, match=r"model name 'alexnet' \(--model, config.model.name\): expected one of "
+                                         "resnet18, resnet34"):
         model.create_model("tiny", name="alexnet")
 
 

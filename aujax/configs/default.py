@@ -31,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.synthetic.cross = dict(num_subjects=8, images_per_subject=40, domain="wild")
 
     config.model = ml_collections.ConfigDict()
+    config.model.name = "resnet18"  # aujax.model.ARCHITECTURES: resnet18, resnet34, resnet50, vgg11_bn, mobilenet_v2
     config.model.widths = "tiny"  # 'full' 64-128-256-512, 'reduced' 32-64-128-256, 'tiny' 16-32-64-128, or "a,b,c,d"
     config.model.threshold = 0.5
 

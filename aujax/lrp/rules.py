@@ -367,7 +367,8 @@ lrp_add.defvjp(_lrp_add_fwd, _lrp_add_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def lrp_global_mean_pool(stabilizer: float, x: jax.Array) -> jax.Array:
-    """Global average pooling (n, h, w, c) -> (n, c) explained by the z-rule: R_j = (x_j / hw) / stabilize(mean) * R_c."""
+    """Global average pooling (n, h, w, c) -> (n, c) explained by the z-rule:
+    R_j = (x_j / hw) / stabilize(mean) * R_c."""
     return graph_lib.global_avg_pool(x)
 
 
@@ -399,7 +400,8 @@ def _lrp_avg_pool_fwd(stabilizer, node, x):
 
 def _lrp_avg_pool_bwd(stabilizer, node, residuals, relevance):
     x, pooled = residuals
-    (spread,) = jax.linear_transpose(lambda v: graph_lib.avg_pool(node, v), x)(relevance / stabilize(pooled, stabilizer))
+    scaled = relevance / stabilize(pooled, stabilizer)
+    (spread,) = jax.linear_transpose(lambda v: graph_lib.avg_pool(node, v), x)(scaled)
     return (x * spread,)
 
 
