@@ -20,8 +20,8 @@ holds (outside own region of b > μ): it is likely read from where a co-occurrin
 Counting the part outside a's region keeps nested or overlapping regions (AU25 inside AU27's box) from flagging
 themselves.
 
-Rows average the per-image shares over the correctly predicted AUs whose heatmap has positive relevance (the pairs μ
-counts), so a row's diagonal is Table 3's μ and its three complementary columns still sum to 1.
+Rows average the per-image shares over the pairs μ counts (correctly predicted, μ defined: `explain.RoleResult.used`),
+so a row's diagonal is Table 3's μ and its three complementary columns still sum to 1.
 """
 
 import dataclasses
@@ -38,8 +38,8 @@ BACKGROUND = "background"
 DEFINITION = ("share of an AU's positive relevance (max(R, 0) summed over the pixels) in each AU's region; 'any "
               "region' in their union, 'rest of the face' inside the convex hull of the 68 landmarks but in no region, "
               "'background' in neither; regions overlap and each counts all its pixels, so any region + rest of the "
-              "face + background = 1 and the region columns may sum to more than 'any region'; rows average the "
-              "correctly predicted AUs with positive relevance (the diagonal is Table 3's μ); 'outside own region' "
+              "face + background = 1 and the region columns may sum to more than 'any region'; rows average the pairs "
+              "μ counts (correctly predicted, μ defined; the diagonal is Table 3's μ); 'outside own region' "
               "counts only the pixels outside the row AU's own region; an AU is flagged as a likely shortcut when "
               "another region holds more of its relevance outside its own region than its own region holds (μ)")
 _HULL_TOLERANCE = 1e-3  # px²: landmarks within this of a hull line count as on it
@@ -129,7 +129,8 @@ class RegionMatrix:
 
 
 def summarise(shares: RegionShares, selected, aus) -> RegionMatrix:
-    """Average `shares` (numpy) over the `selected` (n, A) bool pairs that are defined, per explained AU."""
+    """Average `shares` (numpy) over the `selected` (n, A) bool pairs that are defined, per explained AU (the explain
+    stage selects the pairs μ counts)."""
     used = np.asarray(selected, bool) & np.asarray(shares.defined, bool)
     n = used.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
