@@ -7,14 +7,15 @@ pools, computing the same logits.
 - An affine map (an unfolded BatchNorm, or an `Affine` node such as an input normalisation) whose only reader is a
   dense node, or an ungrouped convolution, folds into that node's input side: kernel' = kernel * scale (per input
   channel) and the shift becomes bias. A convolution pads its input with zeros, i.e. the *normalised* input, so the
-  folded bias is sum over the window's cells inside the image of kernel * shift: it differs at the border, and the
-  canonical convolution keeps `input_shift` to compute that bias map for the image size at hand (`input_bias`).
+  folded bias is the sum over the window's cells inside the image of kernel * shift: it differs at the border, and
+  the canonical convolution keeps `bias_kernel` (kernel * shift) to compute that bias map for the image size at hand
+  (`input_bias`).
   Relevance then lands on the raw input, as the zB rule's box [0, 1] wants.
 - Any other affine map stays an `Affine` node (LRP passes its relevance through: each output is one input's).
 - Identity nodes (dropout) disappear; a trailing Sigmoid / Softmax is dropped, so relevance starts at the logit.
 
 The result is a `Canonical`: the canonical graph (static) and its parameters, a pytree nested by node name:
-{'<conv or dense>': {'kernel', 'bias'[, 'input_shift']}, '<affine>': {'scale', 'shift'}}.
+{'<conv or dense>': {'kernel', 'bias'[, 'bias_kernel']}, '<affine>': {'scale', 'shift'}}.
 """
 
 import dataclasses
