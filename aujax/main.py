@@ -49,10 +49,18 @@ flags.DEFINE_string("width", None, "Model stage widths: full, reduced, tiny or a
 flags.DEFINE_float("threshold", None, "Decision threshold on the sigmoid outputs. Overrides config.model.threshold.")
 flags.DEFINE_string("composite", None, "Main LRP composite (paper, epsilon_alpha2_beta1_flat, epsilon_gamma_box, "
                     "all_z, all_epsilon, gradient, gradient_x_input). Overrides config.explain.composite.")
-flags.DEFINE_string("image", None, "--mode=explain_image: the photo to explain.")
+flags.DEFINE_string("image", None, "--mode=explain_image: what to explain: a photo, a folder of images, a glob "
+                    "('photos/*.jpg') or a video.")
+flags.DEFINE_float("fps", None, "--mode=explain_image with a video: frames explained per second (default 2).")
 flags.DEFINE_string("checkpoint", None, "--mode=explain_image: an orbax checkpoint directory (such as "
                     "<workdir>/checkpoints/fold_03/latest) instead of the best fold of --workdir.")
 flags.DEFINE_string("dataset", None, "--mode=preprocess: the dataset to build.")
+flags.DEFINE_string("heatmaps", None, "--mode=score: heatmaps made elsewhere, .npy or .npz, (n, h, w) for one AU or "
+                    "(n, A, h, w) for the AUs of --config.aus.")
+flags.DEFINE_string("data", None, "--mode=score: the images the heatmaps explain: face records or a folder of "
+                    "images.")
+flags.DEFINE_string("labels", None, "--mode=score: optional .npy (n, A) of 0/1 AU labels.")
+flags.DEFINE_string("predictions", None, "--mode=score: optional .npy (n, A) of 0/1 decisions or probabilities.")
 flags.DEFINE_multi_string("preprocess_option", None, "--mode=preprocess: a builder option as name=value, "
                           "repeatable (landmarks=dataset, label_frames=all, exclude_subjects=16, margin=0.3, ...).")
 flags.DEFINE_string("manual_dir", None, "--mode=preprocess: the dataset's files in their distribution layout.")
@@ -178,8 +186,10 @@ def main(argv):
                                             FLAGS.local_device_ids, mode=FLAGS.distributed)
         with _workdir_lock(FLAGS.workdir, multi_host):
             pipeline.run(FLAGS.mode, _config_with_flags(), FLAGS.workdir, dataset=FLAGS.dataset,
-                         manual_dir=FLAGS.manual_dir, image=FLAGS.image, checkpoint=FLAGS.checkpoint,
-                         preprocess_options=pipeline.parse_options(FLAGS.preprocess_option))
+                         manual_dir=FLAGS.manual_dir, image=FLAGS.image, checkpoint=FLAGS.checkpoint, fps=FLAGS.fps,
+                         preprocess_options=pipeline.parse_options(FLAGS.preprocess_option),
+                         score_inputs={"heatmaps": FLAGS.heatmaps, "data": FLAGS.data, "labels": FLAGS.labels,
+                                       "predictions": FLAGS.predictions})
     except KeyboardInterrupt:
         _fail("interrupted (Ctrl-C); what was completely written is kept: run the same command again to resume")
     except Exception as e:

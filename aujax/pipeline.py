@@ -12,6 +12,7 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 from aujax import facs
@@ -31,12 +32,16 @@ MODES = {
     "train": "train every fold not finished yet (leave-one-subject-out), then evaluate",
     "evaluate": "Tables 1 and 2 from a trained workdir",
     "explain": "LRP heatmaps, Table 3 (μ), Figures 1-2 and the report from a trained workdir",
-    "explain_image": "explain one photo (--image) with the trained run's best model or --checkpoint",
+    "explain_image": "explain a photo, a folder or glob of images, or a video (--image, --fps) with the trained run's "
+                     "best model or --checkpoint",
     "preprocess": "build a real dataset: --dataset, --manual_dir, --data_dir",
+    "score": "μ, the other localisation metrics, Table 3, figures and the report of heatmaps made elsewhere "
+             "(--heatmaps, --data, optional --labels, --predictions)",
 }
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, train.NonFiniteLossError,
                train.TrainingStopped)
 # Settings that change what a run trains: a workdir holding checkpoints of other settings is refused.
+_HEATMAP_ROWS = 256  # images whose heatmaps `save_heatmaps` computes at a time (float32 while computed)
 _RUN_IDENTITY = ("seed", "aus", "data", "synthetic", "model", "train", "protocol")
 # What a run record written before a setting existed means by it (its run had that setting's one value then).
 _BEFORE_THE_SETTING = {"aus": ",".join(map(str, facs.PAIN_AUS))}
@@ -169,7 +174,9 @@ def adopt_run_settings(workdir: str, config) -> None:
 
 
 def run(mode: str, config, workdir: str, dataset: str | None = None, manual_dir: str | None = None,
-        image: str | None = None, checkpoint: str | None = None, preprocess_options: dict | None = None) -> None:
+        image: str | None = None, checkpoint: str | None = None, preprocess_options: dict | None = None,
+        fps: float | None = None, score_inputs: dict | None = None) -> None:
+    """Run `mode` (`MODES`); `score_inputs` are --mode=score's files: heatmaps, data, labels, predictions."""
     started = time.perf_counter()
     if mode == "preprocess":
         _preprocess(config, workdir, dataset, manual_dir, preprocess_options or {})
@@ -177,12 +184,20 @@ def run(mode: str, config, workdir: str, dataset: str | None = None, manual_dir:
     if mode in ("evaluate", "explain", "explain_image"):
         adopt_run_settings(workdir, config)
     check_settings(config)
+    if mode == "score":
+        from aujax import score  # figures only where asked for
+
+        inputs = score_inputs or {}
+        if not inputs.get("heatmaps") or not inputs.get("data"):
+            raise ValueError("--mode=score needs --heatmaps=<.npy or .npz> and --data=<records or a folder of images>")
+        score.score(config, workdir, **inputs)
+        return
     if mode == "explain_image":
         if not image:
-            raise ValueError("--mode=explain_image needs --image=<photo>")
+            raise ValueError("--mode=explain_image needs --image=<photo, folder, glob or video>")
         from aujax import explain_image  # LRP, mediapipe and figures only where asked for
 
-        explain_image.explain_image(config, workdir, image, checkpoint)
+        explain_image.explain_image(config, workdir, image, checkpoint, fps or explain_image.DEFAULT_FPS)
         return
     prepare_workdir(workdir, config)
     logging.info("%d %s device(s) on %d host(s)", jax.device_count(), jax.devices()[0].platform,
@@ -226,6 +241,25 @@ def _explain(config, workdir: str, roles: dict, outcome: protocol.LosoOutcome) -
     figure2 = explain.figure2_examples(canonical, explained.main["cv"], cfg)
     grids = {role: explain.heatmap_grid(canonical, result.records, cfg) for role, result in explained.main.items()}
     figures.write_explained(rundir.RunDir(workdir), explained, figure2, grids, outcome.histories)
+    if cfg.save_heatmaps:
+        save_heatmaps(rundir.RunDir(workdir), canonical, explained, cfg)
+
+
+def save_heatmaps(run: rundir.RunDir, canonical, explained, cfg) -> list[str]:
+    """Write `run.heatmap_arrays(role)` for every role of `explained` (`explain.Explained`): its explained images'
+    heatmaps under the main composite, `heatmaps` float16 (n, A, 112, 112), `source` (n,) and `au_ids` (A,)
+    (`--mode=score` reads them back); returns the paths."""
+    from aujax import explain
+
+    paths = []
+    for role, result in explained.main.items():
+        records = result.records
+        parts = [explain.pixel_heatmaps_of(canonical, records.image[start:start + _HEATMAP_ROWS], cfg)
+                 .swapaxes(0, 1).astype(np.float16) for start in range(0, len(records), _HEATMAP_ROWS)]
+        paths.append(run.heatmap_arrays(role))
+        files.write_npz(paths[-1], heatmaps=np.concatenate(parts), source=records.source,
+                        au_ids=np.array(records.au_ids, np.int64))
+    return paths
 
 
 def parse_options(pairs: list[str] | None) -> dict:

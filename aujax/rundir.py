@@ -7,9 +7,10 @@ checkpoints/fold_XX/history.json           one record per epoch, kept across res
 checkpoints/fold_XX/result.json, predictions.npz   a finished fold
 tensorboard/fold_XX/                       TensorBoard event files of a fold's training (`aujax.events`)
 results/<table>.csv|json, summary.json, mu_per_subject.csv, preprocess_report.csv
+results/heatmaps_<role>.npz                each role's explained heatmaps (config.explain.save_heatmaps)
 results/figures/<figure>.png               FIGURE1, figure2(au), heatmap_grid(role), TRAINING_CURVES, MU_DISTRIBUTIONS
 report.html
-explain_image/<name>/                      one explained photo (`aujax.explain_image`)
+explain_image/<name>/                      one explained photo, folder, glob or video (`aujax.explain_image`)
 logs/                                      tracebacks of unexpected errors
 .lock                                      the workdir lock (`aujax.workdir_lock`)
 ```
@@ -112,6 +113,10 @@ class RunDir:
     @property
     def summary(self) -> str:
         return self.result("summary.json")
+
+    def heatmap_arrays(self, role: str) -> str:
+        """results/heatmaps_<role>.npz: the role's explained heatmaps (`config.explain.save_heatmaps`)."""
+        return self.result(f"heatmaps_{role}.npz")
 
     @property
     def figures(self) -> str:

@@ -57,6 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.explain.batch_size = 32
     config.explain.examples_per_panel = 3  # Figure 2: lowest and highest μ examples per AU
     config.explain.grid_images = 6  # heatmap grids: images per role
+    # results/heatmaps_<role>.npz: every explained image's heatmaps under the main composite, float16 (n, A, 112, 112)
+    # with `source` per row and `au_ids`, for analysis elsewhere (a second LRP pass; memory n x A x 25 KB)
+    config.explain.save_heatmaps = False
 
     config.protocol = ml_collections.ConfigDict()
     config.protocol.max_folds = 0  # 0: every subject of the cv role is held out once
