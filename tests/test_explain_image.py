@@ -48,6 +48,7 @@ def _rows(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # MediaPipe and LRP over several frames, compiled here: 10-25 s on 2 cores
 def test_a_video_gives_one_row_per_sampled_frame_and_lists_the_blanked_ones_as_skipped(workdir, tmp_path, capsys):
     face = _face()
     frames = [np.roll(face, 2 * i, axis=1) for i in range(6)]
@@ -84,6 +85,7 @@ def test_every_sampled_frame_once_at_most(workdir):
         explain_image.sampled_frames(0.0, 5, 1.0, "x.avi")
 
 
+@pytest.mark.slow  # MediaPipe and LRP over several frames, compiled here: 10-25 s on 2 cores
 def test_a_folder_and_a_glob_list_every_image_and_why_one_has_no_face(workdir, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
