@@ -329,7 +329,8 @@ def write_explained(run: rundir.RunDir, explained, figure2_examples: list, grids
     for role, grid in grids.items():
         lrp_heatmaps.save_heatmap_grid(run.figure(rundir.heatmap_grid(role)), grid.heatmaps, grid.images / 255.0,
                                        grid.titles, au_ids=grid.au_ids)
-    training_curves(histories, run.figure(rundir.TRAINING_CURVES))
+    if histories:  # a model trained elsewhere (--mode=explain_model) has none
+        training_curves(histories, run.figure(rundir.TRAINING_CURVES))
     mu_distributions({result.records.name: mu_by_au(result.scores.values["mu"],
                                                     result.selected & result.scores.defined["mu"],
                                                     result.records.au_ids)

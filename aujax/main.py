@@ -58,7 +58,10 @@ flags.DEFINE_string("dataset", None, "--mode=preprocess: the dataset to build.")
 flags.DEFINE_string("heatmaps", None, "--mode=score: heatmaps made elsewhere, .npy or .npz, (n, h, w) for one AU or "
                     "(n, A, h, w) for the AUs of --config.aus.")
 flags.DEFINE_string("data", None, "--mode=score: the images the heatmaps explain: face records or a folder of "
-                    "images.")
+                    "images. --mode=explain_model: the dataset to explain the model on (anything --cv_data accepts).")
+flags.DEFINE_string("model_file", None, "--mode=explain_model: a model trained elsewhere, as an ONNX file.")
+flags.DEFINE_string("model_card", None, "--mode=explain_model: the model's card (docs/onnx.md), a JSON file or the "
+                    "JSON object itself; default: <model_file without .onnx>.card.json.")
 flags.DEFINE_string("labels", None, "--mode=score: optional .npy (n, A) of 0/1 AU labels.")
 flags.DEFINE_string("predictions", None, "--mode=score: optional .npy (n, A) of 0/1 decisions or probabilities.")
 flags.DEFINE_multi_string("preprocess_option", None, "--mode=preprocess: a builder option as name=value, "
@@ -189,7 +192,9 @@ def main(argv):
                          manual_dir=FLAGS.manual_dir, image=FLAGS.image, checkpoint=FLAGS.checkpoint, fps=FLAGS.fps,
                          preprocess_options=pipeline.parse_options(FLAGS.preprocess_option),
                          score_inputs={"heatmaps": FLAGS.heatmaps, "data": FLAGS.data, "labels": FLAGS.labels,
-                                       "predictions": FLAGS.predictions})
+                                       "predictions": FLAGS.predictions},
+                         model_inputs={"model_file": FLAGS.model_file, "model_card": FLAGS.model_card,
+                                       "data": FLAGS.data})
     except KeyboardInterrupt:
         _fail("interrupted (Ctrl-C); what was completely written is kept: run the same command again to resume")
     except Exception as e:

@@ -4,8 +4,9 @@ A small PyTorch network that uses every op family the converter supports (unfold
 convolutions, per-axis padding, ceil-mode pools, LeakyReLU, Clip, a residual Add, Concat, a Shape-chain Reshape,
 ReduceMean, MatMul + Add, Softmax, normalisation inside the model) is exported by torch and read back: its outputs
 equal PyTorch's for an NCHW RGB card, an NHWC card (the model transposes its input, as tf2onnx's do) and a BGR card.
-Every refusal is one line naming the file and the problem. The torchvision architectures and the agreement of their
-heatmaps with Zennit are in tests/test_lrp_zennit.py.
+Every refusal is one line naming the file and the problem. `--mode=explain_model` writes Table 3 for the AUs of the
+card, counting the AUs the PyTorch model itself predicts correctly. The torchvision architectures and the agreement of
+their heatmaps with Zennit are in tests/test_lrp_zennit.py.
 """
 
 import json
@@ -17,6 +18,7 @@ import pytest
 from aujax import graph as graph_lib
 from aujax.lrp import card as card_lib
 from aujax.lrp.onnx import load_onnx
+from tests.support import _assert_one_error_line, _main, child_env, patch_records
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install -r tests/requirements.txt)")
 pytest.importorskip("onnx", reason="onnx is not installed (pip install -r requirements.txt)")
@@ -222,3 +224,46 @@ def test_card_fields_are_checked_one_line_each(tmp_path):
     path.write_text("{not json")
     _one_line_error(lambda: card_lib.read_card(str(path)), str(path), "not a JSON file")
     _one_line_error(lambda: load_onnx(str(tmp_path / "m.onnx")), str(tmp_path / "m.card.json"), "no such file")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The command line: --mode=explain_model
+
+
+@pytest.mark.slow  # a command-line run
+def test_explain_model_writes_table3_for_the_aus_of_the_card(tmp_path):
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 7, 2, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.MaxPool2d(3, 2, 1), torch.nn.Conv2d(4, 8, 3, 2, 1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    records = patch_records(2, 8, seed=7, prefix="S")
+    records.save(str(tmp_path / "faces.npz"))
+    pixels = np.transpose(_normalised(records.image / np.float32(255)), (0, 3, 1, 2))
+    with torch.no_grad():  # each output's threshold inside the range of its logits: a different AU set is predicted
+        net[-1].bias -= torch.from_numpy(np.median(_torch_outputs(net, pixels), axis=0)) + 1e-3
+    path = _export(net, tmp_path / "au.onnx", (3, 112, 112), do_constant_folding=True)
+    card = _card(input_size=[112, 112], outputs={"25": 0, "4": 2, "6": 1}, output_activation="sigmoid")
+    (tmp_path / "au.card.json").write_text(json.dumps(card))
+    workdir = tmp_path / "run"
+    result = _main("--mode=explain_model", f"--model_file={path}", f"--data={tmp_path / 'faces.npz'}",
+                   f"--workdir={workdir}", "--config.explain.compare=('gradient_x_input',)",
+                   "--config.explain.metrics=('mu',)", "--config.explain.batch_size=4",
+                   "--config.explain.grid_images=2", "--config.explain.examples_per_panel=1", env_extra=child_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    table3 = json.loads((workdir / "results" / "table3_mu.json").read_text())["rows"]
+    scores = next(row["scores"] for row in table3 if row["method"].endswith(" paper"))
+    assert list(scores) == ["AU4", "AU6", "AU25"]  # the card's AUs, in the dataset's order
+    # n (+ the excluded) per AU: the AUs the PyTorch model itself predicts correctly
+    logits = _torch_outputs(net, pixels)
+    predicted = logits[:, [2, 1, 0]] >= 0  # sigmoid >= 0.5 at the outputs of AU4, AU6, AU25
+    correct = (predicted & (records.with_aus((4, 6, 25)).labels == 1)).sum(0)
+    assert [scores[au]["n"] + scores[au]["n_excluded"] for au in scores] == correct.tolist()
+    assert correct.sum() > 0
+    for name in ("table_mu_f1.json", "mu_per_subject.csv", "figures/heatmaps_cv.png", "figures/figure1_regions.png"):
+        assert (workdir / "results" / name).is_file(), name
+    assert (workdir / "report.html").is_file()
+
+    refused = _main("--mode=explain_model", f"--model_file={path}", f"--data={tmp_path / 'faces.npz'}",
+                    f"--workdir={tmp_path / 'other'}", '--model_card={"input_size": [112, 112]}', env_extra=child_env())
+    _assert_one_error_line(refused, "--model_card lacks layout")
