@@ -23,6 +23,7 @@ every checkpoint written before the graph existed).
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -51,12 +52,21 @@ ARCHITECTURES = tuple(FULL_WIDTHS)
 PRESET_DIVISORS = {"full": 1, "reduced": 2, "tiny": 4}
 WIDTH_PRESETS = {preset: tuple(w // divisor for w in FULL_WIDTHS["resnet18"])
                  for preset, divisor in PRESET_DIVISORS.items()}  # resnet18's: tiny is 16-32-64-128
+# Computation dtypes (config.model.dtype, config.explain.dtype); parameters and batch statistics are float32 in both
+DTYPES = ("float32", "bfloat16")
 
 
 def _architecture(name: str) -> str:
     if name not in FULL_WIDTHS:
         raise ValueError(f"model name {name!r} (--model, config.model.name): expected one of "
                          f"{', '.join(ARCHITECTURES)}")
+    return name
+
+
+def check_dtype(name: str, flag: str = "--config.model.dtype") -> str:
+    """`name` if it is a computation dtype (`DTYPES`); ValueError naming `flag` and the choices otherwise."""
+    if name not in DTYPES:
+        raise ValueError(f"{flag}={name!r}: expected one of {', '.join(DTYPES)}")
     return name
 
 
@@ -238,45 +248,60 @@ def graph_of_variables(variables: dict) -> Graph:
 
 
 class _Affine(nn.Module):
+    dtype: Any = None
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = x.shape[-1]
-        return x * self.param("scale", nn.initializers.ones, (c,)) + self.param("shift", nn.initializers.zeros, (c,))
+        scale, shift = self.param("scale", nn.initializers.ones, (c,)), self.param("shift", nn.initializers.zeros, (c,))
+        if self.dtype is not None:
+            x, scale, shift = x.astype(self.dtype), scale.astype(self.dtype), shift.astype(self.dtype)
+        return x * scale + shift
 
 
-def _layer(node, x: jax.Array, train: bool, name: str) -> jax.Array:
-    """The Flax layer of a node with parameters, named `name` in the current scope."""
+def _layer(node, x: jax.Array, train: bool, name: str, dtype=None) -> jax.Array:
+    """The Flax layer of a node with parameters, named `name` in the current scope, computing in `dtype` (None: as
+    its input and parameters); its parameters are float32, BatchNorm's statistics float32 reductions."""
     if isinstance(node, Conv):
         return nn.Conv(node.features, node.kernel, strides=node.strides, padding=node.padding,
                        kernel_dilation=node.dilation, feature_group_count=node.groups, use_bias=node.use_bias,
-                       name=name)(x)
+                       dtype=dtype, param_dtype=jnp.float32, name=name)(x)
     if isinstance(node, Dense):
-        return nn.Dense(node.features, use_bias=node.use_bias, name=name)(x)
+        return nn.Dense(node.features, use_bias=node.use_bias, dtype=dtype, param_dtype=jnp.float32, name=name)(x)
     if isinstance(node, BatchNorm):
         return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM, epsilon=node.epsilon,
-                            name=name)(x)
-    return _Affine(name=name)(x)
+                            dtype=dtype, param_dtype=jnp.float32, name=name)(x)
+    return _Affine(dtype, name=name)(x)
 
 
 class _Scope(nn.Module):
     """A '/' scope of node names: its layers (and inner scopes) are its submodules."""
 
+    dtype: Any = None
+
     @nn.compact
     def __call__(self, path: str, node, x: jax.Array, train: bool) -> jax.Array:
         head, _, rest = path.partition("/")
-        return _Scope(name=head)(rest, node, x, train) if rest else _layer(node, x, train, head)
+        return _Scope(name=head, dtype=self.dtype)(rest, node, x, train) if rest else \
+            _layer(node, x, train, head, self.dtype)
 
 
 class GraphModel(nn.Module):
     """Any `aujax.graph.Graph` as a Flax module: images (n, h, w, 3) float32 in [0, 1] -> the graph's output, e.g.
     logits (n, num_outputs). In `train` mode BatchNorm normalises with the batch's statistics and updates the running
-    ones (`mutable=['batch_stats']`); Identity nodes (dropout) stay identities."""
+    ones (`mutable=['batch_stats']`); Identity nodes (dropout) stay identities.
+
+    `dtype` is the computation dtype (mixed precision, flax's way; None: that of the images, float32): with
+    bfloat16 the images are rounded to it and every convolution, activation and BatchNorm output is bfloat16, while
+    the parameters and the batch statistics (float32 reductions) stay float32; the output is then returned in
+    float32, so the loss is computed from float32 logits."""
 
     graph: Graph
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool) -> jax.Array:
-        values, scopes = {INPUT: images}, {}
+        values, scopes = {INPUT: images if self.dtype is None else images.astype(self.dtype)}, {}
         for node in self.graph.nodes:
             inputs = [values[name] for name in node.inputs]
             if not isinstance(node, (Conv, Dense, BatchNorm, graph_lib.Affine)):
@@ -284,18 +309,22 @@ class GraphModel(nn.Module):
                 continue
             head, _, rest = node.name.partition("/")
             if not rest:
-                values[node.name] = _layer(node, inputs[0], train, head)
+                values[node.name] = _layer(node, inputs[0], train, head, self.dtype)
                 continue
             if head not in scopes:
-                scopes[head] = _Scope(name=head)
+                scopes[head] = _Scope(name=head, dtype=self.dtype)
             values[node.name] = scopes[head](rest, node, inputs[0], train)
-        return values[self.graph.output]
+        output = values[self.graph.output]
+        return output if self.dtype is None else output.astype(jnp.float32)
 
 
-def create_model(widths="full", num_outputs: int = len(facs.PAIN_AUS), name: str = "resnet18") -> GraphModel:
+def create_model(widths="full", num_outputs: int = len(facs.PAIN_AUS), name: str = "resnet18",
+                 dtype: str = "float32") -> GraphModel:
     """The Flax module of architecture `name` (config `model.name`) at `widths` (config `model.widths`) with
-    `num_outputs` logits; its graph is `create_model(...).graph`."""
-    return GraphModel(create_graph(name, widths, num_outputs))
+    `num_outputs` logits, computing in `dtype` (config `model.dtype`: 'float32' or 'bfloat16', see `GraphModel`);
+    its graph is `create_model(...).graph`."""
+    return GraphModel(create_graph(name, widths, num_outputs), None if check_dtype(dtype) == "float32" else
+                      jnp.dtype(dtype))
 
 
 def init_variables(model: GraphModel, rng: jax.Array) -> dict:

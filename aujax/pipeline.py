@@ -48,7 +48,7 @@ _RUN_IDENTITY = ("seed", "aus", "data", "synthetic", "model", "train", "protocol
 # What a run record written before a setting existed means by it (its run had that setting's one value then).
 _BEFORE_THE_SETTING = {"aus": ",".join(map(str, facs.PAIN_AUS))}
 # The same for fields added to a section since: {section: {field: the one value earlier runs had}}.
-_BEFORE_THE_FIELD = {"model": {"name": "resnet18"}}
+_BEFORE_THE_FIELD = {"model": {"name": "resnet18", "dtype": "float32"}}
 # Fields of those sections that change how a run is watched, not what it computes: neither recorded nor compared (so a
 # workdir trained before such a field existed still resumes).
 _WATCHING_ONLY = {"train": ("log_every_steps",)}
@@ -61,6 +61,8 @@ def check_settings(config) -> None:
     except ValueError as e:
         raise ValueError(f"--config.aus: {e}") from None
     model_lib.resolve_widths(config.model.widths, config.model.name)
+    model_lib.check_dtype(config.model.dtype)
+    model_lib.check_dtype(config.explain.dtype, "--config.explain.dtype")
     for composite in (config.explain.composite, *config.explain.compare):
         if composite not in lrp.COMPOSITES:
             raise ValueError(f"LRP composite {composite!r}: expected one of {', '.join(lrp.COMPOSITES)}")

@@ -9,6 +9,8 @@ split into equal blocks of rows, one per device, and each process reads only the
 its block and a reduce-scatter over 'data' hands each device its part of the batch (`gather_batch`), converted to
 float32 in [0, 1]. Under
 `jax.jit` the batch-norm statistics are means over the whole global batch, so they are the same on every device.
+With `config.model.dtype = 'bfloat16'` the model computes in bfloat16 (`model.GraphModel`); parameters, batch
+statistics, gradients, the optimizer state and the loss stay float32 (mixed precision).
 
 The data order of epoch e of fold f is a permutation drawn from `(seed, fold, e)`, so a run that is stopped and resumed
 from a checkpoint takes exactly the steps an uninterrupted run takes. SIGTERM, and Ctrl-C while a fold trains, stop
@@ -60,7 +62,9 @@ def positive_weights(labels: np.ndarray, max_weight: float) -> np.ndarray:
 
 
 def weighted_bce(logits: jax.Array, labels: jax.Array, pos_weight: jax.Array) -> jax.Array:
-    """Mean over images and AUs of -(w y log σ(z) + (1 - y) log(1 - σ(z))); logits, labels (n, A), pos_weight (A,)."""
+    """Mean over images and AUs of -(w y log σ(z) + (1 - y) log(1 - σ(z))); logits, labels (n, A), pos_weight (A,).
+    Computed in float32 whatever the model's computation dtype (config.model.dtype)."""
+    logits = logits.astype(jnp.float32)
     labels = labels.astype(logits.dtype)
     log_p = jax.nn.log_sigmoid(logits)
     log_not_p = jax.nn.log_sigmoid(-logits)

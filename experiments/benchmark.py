@@ -7,7 +7,7 @@ Parts (each in its own process, so that its peak device memory is its own and to
 
   train_jax       aujax's jitted train step with its input pipeline (uint8 dataset on the devices in row blocks,
                   indices of the global batch sent per step, gather and conversion on the device), as in
-                  `train.fit_fold`
+                  `train.fit_fold`, for each computation dtype of `--dtype` (e.g. float32,bfloat16)
   train_torch     torchvision resnet18(num_classes=8), the same loss, optimizer and resident data, eager
   train_compile   the same under torch.compile
   lrp_jax         aujax's `paper` LRP composite (all 8 AUs, one forward pass) and JAX gradient x input (all 8 AUs
@@ -15,6 +15,9 @@ Parts (each in its own process, so that its peak device memory is its own and to
   lrp_zennit      Zennit's EpsilonPlusFlat (BatchNorm folded by torch, ResNetBasicBlockCanonizer), one AU and all 8
   mu              μ and the other localisation metrics: (image, AU) pairs/s, and their share of the explain time
                   when fused with LRP as `--mode=explain` runs them
+  precision       what explaining in bfloat16 changes (`explain.precision_difference`): per AU, the relative L2 of
+                  the `paper` heatmaps to float32 at matmul precision 'highest' and the μ difference, on
+                  `--batch_size` synthetic faces (random weights)
   preprocess      MediaPipe face crops of a real photo: images per CPU-second on one core, and on all cores
   protocol        the paper protocol (experiments/paper.py: paper-sized synthetic data, full-width ResNet-18,
                   25 epochs per fold) for `--protocol_folds` folds; the full 20-fold wall time is extrapolated
@@ -37,7 +40,8 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ("train_jax", "lrp_jax", "mu", "protocol", "lrp_zennit", "train_torch", "train_compile", "preprocess")
+PARTS = ("train_jax", "lrp_jax", "mu", "protocol", "lrp_zennit", "train_torch", "train_compile", "preprocess",
+         "precision")
 NUM_AUS = 8
 IMAGE_SIZE = 112
 ROTATING_INPUTS = 4  # distinct random batches timed in turn, so that no figure is a cache's
@@ -51,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {','.join(PARTS)}")
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--widths", default="full", help="model widths of the JAX parts (preset or a,b,c,d)")
+    parser.add_argument("--dtype", default="float32",
+                        help="computation dtypes of train_jax, comma-separated (float32, bfloat16), each timed")
     parser.add_argument("--train_images", type=int, default=8192, help="resident dataset of the training parts")
     parser.add_argument("--steps", type=int, default=50, help="timed train steps or LRP batches per repeat")
     parser.add_argument("--repeats", type=int, default=5)
@@ -67,6 +73,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = sorted(set(args.parts) - set(PARTS))
     if unknown:
         parser.error(f"--parts: unknown {', '.join(unknown)}; expected some of {', '.join(PARTS)}")
+    args.dtype = [d for d in args.dtype.split(",") if d]
+    from aujax import model as model_lib
+
+    for dtype in args.dtype:
+        try:
+            model_lib.check_dtype(dtype, "--dtype")
+        except ValueError as e:
+            parser.error(str(e))
     return args
 
 
@@ -115,6 +129,13 @@ def device_name() -> str:
 
 
 def part_train_jax(args) -> dict:
+    """The figures of the first dtype of `--dtype` at the top level (as before the flag), every dtype's in `dtypes`
+    (the process's peak memory is over all of them)."""
+    figures = {dtype: _train_jax(args, dtype) for dtype in args.dtype}
+    return {**figures[args.dtype[0]], "dtypes": figures, "peak_bytes": jax_peak_bytes()}
+
+
+def _train_jax(args, dtype: str) -> dict:
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -131,7 +152,7 @@ def part_train_jax(args) -> dict:
                           source=np.full(n, "random"), name="random")
     cfg = train.TrainConfig(epochs=1, batch_size=args.batch_size, learning_rate=0.01, momentum=0.95, seed=0,
                             pos_weight_max=10.0, checkpoint_every_steps=0, threshold=0.5, min_support=1)
-    trainer = train.Trainer(model_lib.create_model(args.widths), cfg, distributed.make_mesh())
+    trainer = train.Trainer(model_lib.create_model(args.widths, dtype=dtype), cfg, distributed.make_mesh())
     data = train.put_on_devices(records, trainer.mesh)
     pos_weight = jax.device_put(train.positive_weights(records.labels, cfg.pos_weight_max),
                                 NamedSharding(trainer.mesh, P()))
@@ -150,9 +171,10 @@ def part_train_jax(args) -> dict:
         return loss
 
     rate = median_rate(run_steps, args.steps * args.batch_size, args.repeats, 1, jax.block_until_ready)
-    return {"images_per_s": rate, "peak_bytes": jax_peak_bytes(), "compiled_step_bytes": compiled_bytes,
+    return {"images_per_s": rate, "compiled_step_bytes": compiled_bytes,
             "parameters": model_lib.parameter_count(box["state"]["params"]), "device": device_name(),
-            "precision": "JAX default for float32"}
+            "precision": "JAX default for float32" if dtype == "float32" else f"{dtype} computation, float32 state",
+            "dtype": dtype}
 
 
 def _torch_training(args, compile_model: bool) -> dict:
@@ -362,6 +384,21 @@ def part_mu(args) -> dict:
             "mu_share_of_explain_time": 1.0 - fused_images_per_s / explain_images_per_s, "device": device_name()}
 
 
+def part_precision(args) -> dict:
+    import jax
+    from aujax import explain, facs, lrp
+    from aujax import model as model_lib
+    from aujax.data import synthetic
+
+    faces = synthetic.generate(1, args.batch_size, "posed", seed=0)
+    variables = model_lib.init_variables(model_lib.create_model(args.widths), jax.random.key(0))
+    started = time.perf_counter()
+    per_au = explain.precision_difference(lrp.canonize(variables), faces.image, faces.landmarks, facs.PAIN_AUS)
+    return {"per_au": per_au, "images": len(faces.image), "widths": args.widths, "composite": "paper",
+            "weights": "random (model.init_variables, seed 0)", "seconds": time.perf_counter() - started,
+            "device": device_name()}
+
+
 def part_preprocess(args) -> dict:
     from aujax.data import available_cores, faces
 
@@ -472,6 +509,8 @@ def table_rows(results: dict, args) -> list[tuple[str, str, str]]:
     """(what, measured, goal or reference) rows of the summary table."""
     r = lambda part, *keys: _figure(results, part, *keys)  # noqa: E731
     train_ours = r("train_jax", "images_per_s")
+    train_fp32, train_bf16 = (r("train_jax", "dtypes", dtype, "images_per_s") for dtype in ("float32", "bfloat16"))
+    precision = results.get("precision", {}).get("per_au", {})
     lrp_default = r("lrp_jax", "lrp_paper_all_default", "images_per_s")
     zennit_all = r("lrp_zennit", "zennit_all", "images_per_s")
     protocol = results.get("protocol", {})
@@ -480,6 +519,9 @@ def table_rows(results: dict, args) -> list[tuple[str, str, str]]:
     rows = [
         ("training images/s, aujax (batch %d, fp32, input pipeline included)" % args.batch_size,
          _fmt(train_ours), ">= 28,000 (H100)"),
+        ("training images/s, aujax bfloat16 (same run, `--dtype`)", _fmt(train_bf16), ">= 1.5x float32"),
+        ("aujax training bfloat16 / float32", _fmt(train_bf16 / train_fp32 if train_bf16 and train_fp32 else None,
+                                                   "x"), ">= 1.5x"),
         ("training images/s, PyTorch eager", _fmt(r("train_torch", "images_per_s")), "17,100 measured by the issue"),
         ("training images/s, torch.compile", _fmt(r("train_compile", "images_per_s")), "18,800 measured by the issue"),
         ("aujax / torch.compile", _fmt(train_ours / r("train_compile", "images_per_s")
@@ -501,6 +543,10 @@ def table_rows(results: dict, args) -> list[tuple[str, str, str]]:
         ("heatmaps default vs highest precision, relative difference",
          "n/a" if r("lrp_jax", "heatmap_relative_difference") is None
          else f"{r('lrp_jax', 'heatmap_relative_difference'):.1e}", "about 1e-3 expected"),
+        ("bfloat16 LRP heatmaps vs float32 'highest': relative L2, worst AU; mean abs. Δμ, worst AU",
+         f"{max(a['relative_l2'] for a in precision.values()):.1e}; "
+         f"{max(a['mu_abs_difference_mean'] or 0 for a in precision.values()):.1e}" if precision else "n/a",
+         "table below"),
         ("Zennit EpsilonPlusFlat images/s, all 8 AUs / one AU",
          f"{_fmt(zennit_all)} / {_fmt(r('lrp_zennit', 'zennit_one', 'images_per_s'))}", "626 / 4,670 by the issue"),
         ("aujax LRP / Zennit, all 8 AUs", _fmt(lrp_default / zennit_all if lrp_default and zennit_all else None, "x"),
@@ -527,10 +573,27 @@ def table_rows(results: dict, args) -> list[tuple[str, str, str]]:
     return rows
 
 
+def precision_table(precision: dict) -> list[str]:
+    """The `precision` part per AU as markdown lines ([] without it)."""
+    if "per_au" not in precision:
+        return []
+    lines = ["", f"bfloat16 vs float32 'highest', `{precision['composite']}` composite, {precision['images']} images, "
+             f"widths {precision['widths']}, {precision['weights']}:", "",
+             "| AU | heatmap relative L2 | mean μ float32 | mean μ bfloat16 | mean abs. Δμ | max abs. Δμ |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    number = lambda value, spec: "n/a" if value is None else format(value, spec)  # noqa: E731
+    for au, row in precision["per_au"].items():
+        lines.append(f"| {au} | {row['relative_l2']:.1e} | {number(row['mu_float32'], '.4f')} | "
+                     f"{number(row['mu_bfloat16'], '.4f')} | {number(row['mu_abs_difference_mean'], '.1e')} | "
+                     f"{number(row['mu_abs_difference_max'], '.1e')} |")
+    return lines
+
+
 def markdown_table(results: dict, args) -> str:
     lines = [f"Device: {results.get('device', 'unknown')}", "", "| what | measured | goal / reference |",
              "| --- | --- | --- |"]
     lines += [f"| {what} | {value} | {goal} |" for what, value, goal in table_rows(results, args)]
+    lines += precision_table(results.get("precision", {}))
     failed = {part: r["error"] for part, r in results.items() if isinstance(r, dict) and "error" in r}
     lines += [""] + [f"- part `{part}` failed: {error}" for part, error in failed.items()]
     return "\n".join(lines).rstrip() + "\n"

@@ -58,8 +58,10 @@ def node_kind(node) -> str | None:
     return "sum" if isinstance(node, _SUMS) else None
 
 
-def linear_spec(graph: graph_lib.Graph, node) -> rules.LayerSpec:
-    return rules.node_spec(node, node.inputs[0] in graph_facts(graph)[0])
+def linear_spec(graph: graph_lib.Graph, node, dtype: str = "float32") -> rules.LayerSpec:
+    """The node's `rules.LayerSpec`; `dtype` 'bfloat16' runs its products in bfloat16 (`rules.LayerSpec`)."""
+    spec = rules.node_spec(node, node.inputs[0] in graph_facts(graph)[0])
+    return spec if dtype == "float32" else spec._replace(compute_dtype=dtype)
 
 
 def node_rule(composite: composites_lib.Composite, graph: graph_lib.Graph, node) -> rules.Rule | None:
@@ -118,8 +120,9 @@ def input_taps(node) -> list[str]:
 
 
 def lrp_forward(canonical: canonize_lib.Canonical, images: jax.Array, composite: composites_lib.Composite,
-                probes: dict | None = None) -> tuple[jax.Array, dict]:
-    """The canonical network with the composite's functions.
+                probes: dict | None = None, dtype: str = "float32") -> tuple[jax.Array, dict]:
+    """The canonical network with the composite's functions, its convolutions and dense layers computing in `dtype`
+    ('float32', or 'bfloat16' with float32 accumulation, denominators and relevance: `aujax.lrp.rules`).
 
     images: (n, h, w, 3) float32 in [0, 1]. Returns the logits (n, outputs) and the activations at every tap point
     ('<node>/in' (or '/in0', '/in1', ... for an addition) and '<node>/out' of every linear node, sum and pool).
@@ -140,7 +143,7 @@ def lrp_forward(canonical: canonize_lib.Canonical, images: jax.Array, composite:
         if tapped(node):
             inputs = [tap(name, x) for name, x in zip(input_taps(node), inputs)]
         params = canonical[node.name] if isinstance(node, (*graph_lib.LINEAR, Affine)) else None
-        spec = linear_spec(graph, node) if isinstance(node, graph_lib.LINEAR) else None
+        spec = linear_spec(graph, node, dtype) if isinstance(node, graph_lib.LINEAR) else None
         if composite.is_lrp:
             value = _lrp_node(node, node_rule(composite, graph, node), params, inputs, spec)
         else:
@@ -159,9 +162,10 @@ def output_seeds(logits: jax.Array, composite: composites_lib.Composite) -> jax.
 
 
 def explain_canonical(canonical: canonize_lib.Canonical, images: jax.Array,
-                      composite: composites_lib.Composite) -> tuple[jax.Array, jax.Array]:
-    """Logits (n, outputs) and relevance (outputs, n, h, w, 3) of `images` for the canonical network; jittable."""
-    logits, backward = jax.vjp(lambda x: lrp_forward(canonical, x, composite)[0], images)
+                      composite: composites_lib.Composite, dtype: str = "float32") -> tuple[jax.Array, jax.Array]:
+    """Logits (n, outputs) and relevance (outputs, n, h, w, 3) of `images` for the canonical network, its linear
+    layers computing in `dtype` (see `lrp_forward`); jittable."""
+    logits, backward = jax.vjp(lambda x: lrp_forward(canonical, x, composite, dtype=dtype)[0], images)
     (relevance,) = jax.vmap(backward)(output_seeds(logits, composite))
     if composite.times_input:
         relevance = relevance * images
@@ -176,14 +180,17 @@ def resolve_composite(composite, epsilon: float = composites_lib.DEFAULT_EPSILON
 
 
 @functools.lru_cache(maxsize=None)
-def make_explain_fn(composite="paper", epsilon: float = composites_lib.DEFAULT_EPSILON):
+def make_explain_fn(composite="paper", epsilon: float = composites_lib.DEFAULT_EPSILON, dtype: str = "float32"):
     """A jitted `fn(canonical, images) -> (logits (n, outputs), relevance (outputs, n, h, w, 3))` for a composite
-    (a preset name or a `Composite`).
+    (a preset name or a `Composite`), its convolutions in `dtype` (config.explain.dtype: 'float32' or 'bfloat16',
+    see `lrp_forward`; logits and relevance are float32 either way).
 
     `canonical` comes from `canonize(...)` (fold BatchNorm once, outside the batch loop). Cached, so every call
     with the same arguments returns the same compiled function.
     """
-    return jax.jit(functools.partial(explain_canonical, composite=resolve_composite(composite, epsilon)))
+    from aujax import model  # the dtype names live with the model's
+    return jax.jit(functools.partial(explain_canonical, composite=resolve_composite(composite, epsilon),
+                                     dtype=model.check_dtype(dtype, "--config.explain.dtype")))
 
 
 def as_network(network, graph: graph_lib.Graph | None = None) -> graph_lib.ExplainableNetwork:
@@ -214,15 +221,15 @@ def _as_model_input(images) -> jax.Array:
 
 def explain_with_logits(network, images: jax.Array, composite="paper",
                         epsilon: float = composites_lib.DEFAULT_EPSILON,
-                        graph: graph_lib.Graph | None = None) -> tuple[jax.Array, jax.Array]:
+                        graph: graph_lib.Graph | None = None, dtype: str = "float32") -> tuple[jax.Array, jax.Array]:
     """Logits (n, outputs) and relevance (outputs, n, h, w, 3) float32 from one forward pass, outputs in the
     network's order (for aujax's models: its AU order).
 
     network: an `ExplainableNetwork`, or `{'params', 'batch_stats'}` (with `graph`, or of one of aujax's
     architectures); images: (n, h, w, 3) float32 in [0, 1]; composite: a preset name (`COMPOSITES`) or a
-    `Composite`; epsilon: ε of a preset's ε-layers.
+    `Composite`; epsilon: ε of a preset's ε-layers; dtype: of the convolutions ('float32' or 'bfloat16').
     """
-    return make_explain_fn(composite, epsilon)(canonize(network, graph), _as_model_input(images))
+    return make_explain_fn(composite, epsilon, dtype)(canonize(network, graph), _as_model_input(images))
 
 
 def explain(network, images: jax.Array, composite="paper", epsilon: float = composites_lib.DEFAULT_EPSILON,

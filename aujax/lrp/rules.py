@@ -18,6 +18,12 @@ relevance of unit k is dropped instead of turning into NaN or Inf.
 The parameter modifiers follow Zennit (the reference implementation the tests compare against): for z+ and αβ the
 positive part keeps max(b, 0) in its denominator and the negative part min(b, 0), so a bias absorbs its share of
 relevance; flat, w² and zB use no bias.
+
+Mixed precision (`LayerSpec.compute_dtype` 'bfloat16', config.explain.dtype): a linear layer's products run on
+operands rounded to bfloat16 and accumulate into float32, in the forward pass and in the transposed products of the
+backward pass; its input is kept (as a residual) rounded, so numerators and denominators see the same input values.
+Everything else stays float32: the layer outputs, the stabilised denominators, the relevance quotients R_k / d_k and
+the sum over terms, the sums and pools.
 """
 
 import dataclasses
@@ -113,6 +119,8 @@ class LayerSpec(NamedTuple):
         ((top, bottom), (left, right))) or 'dense' ((..., in) @ (in, out)).
     nonnegative_input: the layer's input is known to be >= 0 by the network's structure (it follows a ReLU);
         rule terms on the negative input part are then skipped, which keeps the backward pass lean.
+    compute_dtype: None (the operands' dtype) or 'bfloat16': the products' operands rounded to it, accumulated and
+        returned in float32 (see the module docstring).
     """
 
     kind: str
@@ -121,6 +129,7 @@ class LayerSpec(NamedTuple):
     nonnegative_input: bool = False
     dilation: tuple = (1, 1)
     groups: int = 1
+    compute_dtype: str | None = None
 
 
 def conv_spec(strides: int, padding: int, nonnegative_input: bool = False) -> LayerSpec:
@@ -141,12 +150,17 @@ def node_spec(node, nonnegative_input: bool = False) -> LayerSpec:
 
 def linear(spec: LayerSpec, x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
     """The ordinary layer: conv (x (n, h, w, c_in), kernel (kh, kw, c_in / groups, c_out)) or dense
-    (x (..., in) @ (in, out)); `bias` broadcasts against the output (a conv's may vary with the position)."""
+    (x (..., in) @ (in, out)); `bias` broadcasts against the output (a conv's may vary with the position). With
+    `spec.compute_dtype`, x and kernel are rounded to it and the product is accumulated and returned in float32."""
+    accumulate = None
+    if spec.compute_dtype is not None:
+        x, kernel, accumulate = x.astype(spec.compute_dtype), kernel.astype(spec.compute_dtype), jnp.float32
     if spec.kind == "conv":
         z = jax.lax.conv_general_dilated(x, kernel, spec.strides, spec.padding, rhs_dilation=spec.dilation,
-                                         feature_group_count=spec.groups, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                                         feature_group_count=spec.groups, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                         preferred_element_type=accumulate)
     elif spec.kind == "dense":
-        z = x @ kernel
+        z = jnp.matmul(x, kernel, preferred_element_type=accumulate)
     else:
         raise ValueError(f"layer kind {spec.kind!r}: expected 'conv' or 'dense'")
     return z if bias is None else z + bias
@@ -258,9 +272,14 @@ def _output_mask(group: Group, z: jax.Array) -> jax.Array | float:
 
 
 def _transpose(spec: LayerSpec, kernel: jax.Array, x: jax.Array, cotangent: jax.Array) -> jax.Array:
-    """sum_k kernel_jk cotangent_k for every input j: the layer's linear map transposed (a transposed conv)."""
-    (result,) = jax.linear_transpose(lambda v: linear(spec, v, kernel), x)(cotangent)
-    return result
+    """sum_k kernel_jk cotangent_k for every input j: the layer's linear map transposed (a transposed conv), in the
+    dtype of `cotangent`; with `spec.compute_dtype`, on kernel and cotangent rounded to it (JAX's own transpose of
+    the mixed-precision product would run in float32)."""
+    dtype = spec.compute_dtype or cotangent.dtype
+    plain = spec._replace(compute_dtype=None)
+    (result,) = jax.linear_transpose(lambda v: linear(plain, v, kernel.astype(dtype)), x.astype(dtype))(
+            cotangent.astype(dtype))
+    return result.astype(cotangent.dtype)
 
 
 def _transpose_ones(spec: LayerSpec, kernel: jax.Array, x: jax.Array, cotangent: jax.Array) -> jax.Array:
@@ -292,11 +311,13 @@ def lrp_linear(spec: LayerSpec, rule: Rule, x: jax.Array, kernel: jax.Array, bia
 
 def _lrp_linear_fwd(spec, rule, x, kernel, bias):
     z = linear(spec, x, kernel, bias)
-    return z, (x, kernel, bias, z, _denominators(spec, rule, x, kernel, bias, z))
+    rounded = x if spec.compute_dtype is None else x.astype(spec.compute_dtype)  # the input the products saw
+    return z, (rounded, kernel, bias, z, _denominators(spec, rule, rounded, kernel, bias, z))
 
 
 def _lrp_linear_bwd(spec, rule, residuals, relevance):
     x, kernel, bias, z, denominators = residuals
+    x = x.astype(relevance.dtype)
     relevance_in = jnp.zeros_like(x)
     for group, denominator in zip(rule_groups(rule, spec.nonnegative_input), denominators):
         scaled = group.coefficient * _output_mask(group, z) * relevance / stabilize(denominator, rule.stabilizer)
