@@ -19,6 +19,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from aujax import distributed, localisation, lrp, metrics, regions
+from aujax.analysis import region_matrix, strategies
 from aujax.data import records as records_lib
 from aujax.progress import Progress
 
@@ -26,49 +27,61 @@ from aujax.progress import Progress
 @functools.lru_cache(maxsize=None)
 def explain_and_score_fn(composite: str, epsilon: float, aus: tuple[int, ...],
                          metrics: tuple[str, ...] = localisation.METRIC_NAMES, mesh: Mesh | None = None,
-                         dtype: str = "float32"):
-    """jitted `(canonical, images uint8 (b,112,112,3), landmarks (b,68,2)) -> (probabilities (b,A), scores)` of a
-    model whose A outputs are the AUs `aus`, scores holding the localisation `metrics` ((b, A) each); with `mesh`, the
-    outputs are replicated over it (so that every process can read them whatever the inputs' sharding); the LRP
-    convolutions compute in `dtype` (config.explain.dtype)."""
-    explain_fn = lrp.make_explain_fn(composite, epsilon, dtype)
+                         strategy_size: int = 0):
+    """jitted `(canonical, images uint8 (b,112,112,3), landmarks (b,68,2)) -> (probabilities (b,A), scores, shares,
+    small heatmaps)` of a model whose A outputs are the AUs `aus`: scores hold the localisation `metrics` ((b, A)
+    each), shares the relevance-region matrix's entries (`region_matrix.RegionShares`), small heatmaps the pixel
+    heatmaps summed to (A, b, strategy_size, strategy_size) for the strategies (None where `strategy_size` is 0); with
+    `mesh`, the outputs are replicated over it (so that every process can read them whatever the inputs' sharding)."""
+    explain_fn = lrp.make_explain_fn(composite, epsilon)
 
     def explain_and_score(canonical, images, landmarks):
         logits, relevance = explain_fn(canonical, images.astype(jnp.float32) / 255.0)
-        scores = localisation.localisation_metrics(lrp.pixel_heatmaps(relevance),
-                                                   regions.au_region_masks(landmarks, aus=aus), names=metrics)
-        return jax.nn.sigmoid(logits), scores
+        heatmaps, masks = lrp.pixel_heatmaps(relevance), regions.au_region_masks(landmarks, aus=aus)
+        scores = localisation.localisation_metrics(heatmaps, masks, names=metrics)
+        shares = region_matrix.region_shares(heatmaps, masks,
+                                             region_matrix.face_hull_masks(landmarks, heatmaps.shape[-1]))
+        small = strategies.downsample(heatmaps, strategy_size) if strategy_size else None
+        return jax.nn.sigmoid(logits), scores, shares, small
 
     return jax.jit(explain_and_score, out_shardings=None if mesh is None else NamedSharding(mesh, P()))
 
 
 def explain_records(canonical: dict, records: records_lib.FaceRecords, composites: tuple[str, ...], epsilon: float,
                     batch_size: int, mesh: Mesh, metrics: tuple[str, ...] = localisation.METRIC_NAMES,
-                    dtype: str = "float32") -> dict[str, tuple[np.ndarray, localisation.LocalisationScores]]:
-    """{composite: (probabilities (n, A), localisation scores ((n, A) per metric))} of every image of `records`, for
-    the A AUs of `records.au_ids` (the model's outputs, in that order).
+                    strategy_size: int = 0) -> dict[str, tuple]:
+    """{composite: (probabilities (n, A), localisation scores ((n, A) per metric), `region_matrix.RegionShares`,
+    small heatmaps (A, n, strategy_size, strategy_size) or None)} of every image of `records`, as numpy, for the A AUs
+    of `records.au_ids` (the model's outputs, in that order); the small heatmaps (for the strategies) of the first
+    composite only.
 
     Each batch is split over the devices of `mesh` (data parallel; `batch_size` a multiple of their number); each
     process reads only the images and landmarks of its own devices, once per batch for all `composites`. Batches come
     from `records.padded_batches`, so one compiled function per composite serves all of them.
     """
-    fns = {composite: explain_and_score_fn(composite, epsilon, records.au_ids, metrics, mesh, dtype)
-           for composite in composites}
-    probabilities, parts, read = {c: [] for c in composites}, {c: [] for c in composites}, 0
+    fns = {c: explain_and_score_fn(c, epsilon, records.au_ids, metrics, mesh,
+                                   strategy_size if c == composites[0] else 0) for c in composites}
+    parts, read = {c: [] for c in composites}, 0
     with Progress(len(records), f"explain {records.name}") as progress:
         for index, valid in records_lib.padded_batches(np.arange(len(records)), batch_size):
             (images, held), (landmarks, _) = (distributed.put_rows(column, index, mesh)
                                               for column in (records.image, records.landmarks))
             read += held
             for composite, fn in fns.items():
-                prob, scores = fn(canonical, images, landmarks)
-                probabilities[composite].append(np.asarray(prob)[:valid])
-                parts[composite].append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:valid], scores))
+                prob, scores, shares, small = jax.tree_util.tree_map(np.asarray, fn(canonical, images, landmarks))
+                parts[composite].append((prob[:valid], jax.tree_util.tree_map(lambda a: a[:valid], (scores, shares)),
+                                         None if small is None else small[:, :valid]))
             progress.advance(valid)
     logging.info("%s: process %d read %d of %d images", records.name, jax.process_index(), read, len(records))
-    return {c: (np.concatenate(probabilities[c]),
-                localisation.concatenate_scores(parts[c], len(records.au_ids), metrics))
-            for c in composites}
+    return {c: _concatenate(parts[c], len(records.au_ids), metrics) for c in composites}
+
+
+def _concatenate(parts: list, num_aus: int, metrics: tuple[str, ...]) -> tuple:
+    """The outputs of consecutive batches, `[(probabilities, (scores, shares), small)]`, as one of each."""
+    scores = localisation.concatenate_scores([scores for _, (scores, _), _ in parts], num_aus, metrics)
+    shares = region_matrix.RegionShares(*(np.concatenate(field) for field in zip(*(s for _, (_, s), _ in parts))))
+    small = None if parts[0][2] is None else np.concatenate([small for _, _, small in parts], axis=1)
+    return np.concatenate([prob for prob, _, _ in parts]), scores, shares, small
 
 
 @dataclasses.dataclass
@@ -77,7 +90,9 @@ class RoleResult:
 
     records: the n explained images (their `au_ids`, A AUs, are the columns below); probabilities: (n, A); scores:
     localisation scores, (n, A) per metric; predictions: (n, A) bool; selected: (n, A) bool, the correctly predicted
-    AUs (those μ counts); summaries: {metric: tuple of A `localisation.AUSummary`} over the selected, defined pairs.
+    AUs (those μ counts); summaries: {metric: tuple of A `localisation.AUSummary`} over the selected, defined pairs;
+    shares: the relevance-region matrix's entries per pair (`region_matrix.RegionShares`); small_heatmaps: (A, n, s, s)
+    heatmaps for the strategies (main composite only, else None).
     """
 
     records: records_lib.FaceRecords
@@ -86,13 +101,20 @@ class RoleResult:
     predictions: np.ndarray
     selected: np.ndarray
     summaries: dict
+    shares: region_matrix.RegionShares | None = None
+    small_heatmaps: np.ndarray | None = None
 
     @classmethod
-    def of(cls, records, probabilities, scores, threshold: float) -> "RoleResult":
+    def of(cls, records, probabilities, scores, threshold: float, shares=None, small_heatmaps=None) -> "RoleResult":
         predictions = metrics.decisions(probabilities, threshold)
         selected = localisation.correct_positives(records.labels, predictions)
         return cls(records, probabilities, scores, predictions, selected,
-                   localisation.summarise_scores(scores, selected, records.au_ids))
+                   localisation.summarise_scores(scores, selected, records.au_ids), shares, small_heatmaps)
+
+    @property
+    def used(self) -> np.ndarray:
+        """(n, A) bool: the pairs μ averages (correctly predicted, μ defined)."""
+        return self.selected & self.scores.defined["mu"]
 
 
 @dataclasses.dataclass
@@ -114,9 +136,10 @@ def composites_of(cfg) -> tuple[str, ...]:
     return (cfg.composite, *[c for c in cfg.compare if c != cfg.composite])
 
 
-def explain_roles(canonical: dict, roles: dict, cfg, threshold: float) -> Explained:
+def explain_roles(canonical: dict, roles: dict, cfg, threshold: float, strategy_size: int = 0) -> Explained:
     """Explain and score the first `cfg.max_images` images of every role under every composite of `cfg`
-    (`config.explain`) with the canonized model `canonical`, on every process."""
+    (`config.explain`) with the canonized model `canonical`, on every process; with `strategy_size`, the main
+    composite's heatmaps downsampled to that size too (`config.analysis.strategy_size`)."""
     mesh = distributed.make_mesh()
     composites = composites_of(cfg)
     results = {}
@@ -125,16 +148,16 @@ def explain_roles(canonical: dict, roles: dict, cfg, threshold: float) -> Explai
         logging.info("explaining %s (%s role, %d images) with %s", records.name, role, len(subset),
                      ", ".join(composites))
         explained = explain_records(canonical, subset, composites, cfg.epsilon, cfg.batch_size, mesh,
-                                    tuple(cfg.metrics), dtype=cfg.dtype)
-        for composite, (probabilities, scores) in explained.items():
-            results[composite, role] = RoleResult.of(subset, probabilities, scores, threshold)
+                                    tuple(cfg.metrics), strategy_size)
+        for composite, outputs in explained.items():
+            results[composite, role] = RoleResult.of(subset, *outputs[:2], threshold, *outputs[2:])
     return Explained(composites, tuple(roles), results)
 
 
 def pixel_heatmaps_of(canonical, images: np.ndarray, cfg) -> np.ndarray:
     """(A, k, 112, 112) pixel heatmaps (A: the model's outputs) of k uint8 images under the main composite, in
     padded batches of `cfg.batch_size` so that one compiled function serves every call."""
-    explain_fn = lrp.make_explain_fn(cfg.composite, cfg.epsilon, cfg.dtype)
+    explain_fn = lrp.make_explain_fn(cfg.composite, cfg.epsilon)
     parts = []
     for index, valid in records_lib.padded_batches(np.arange(len(images)), cfg.batch_size):
         _, relevance = explain_fn(canonical, jnp.asarray(images[index], jnp.float32) / 255)
@@ -191,37 +214,3 @@ def heatmap_grid(canonical, records: records_lib.FaceRecords, cfg) -> HeatmapGri
               for i in range(count)]
     return HeatmapGrid(pixel_heatmaps_of(canonical, records.image[:count], cfg), records.image[:count], titles,
                        records.au_ids)
-
-
-def precision_difference(canonical, images: np.ndarray, landmarks: np.ndarray, aus: tuple[int, ...],
-                         composite: str = "paper", epsilon: float = lrp.DEFAULT_EPSILON,
-                         dtype: str = "bfloat16") -> dict:
-    """What explaining in `dtype` (config.explain.dtype) changes against float32 at matmul precision 'highest'.
-
-    images: uint8 (n, 112, 112, 3); landmarks (n, 68, 2); aus: the A AUs of the canonical network's outputs.
-    Returns {'AU<id>': {'relative_l2': ||H_dtype - H_float32||_2 / ||H_float32||_2 over the n pixel heatmaps,
-    'mu_float32', 'mu_<dtype>': mean μ, 'mu_abs_difference_mean', 'mu_abs_difference_max': of |μ_dtype - μ_float32|}}
-    with μ over the images where both define it (every image, not only correctly predicted AUs: a measure of the
-    numerics, not of the model)."""
-    x = jnp.asarray(images, jnp.float32) / 255.0
-    masks = regions.au_region_masks(jnp.asarray(landmarks), aus=aus)
-    with jax.default_matmul_precision("highest"):
-        reference = lrp.pixel_heatmaps(lrp.make_explain_fn(composite, epsilon)(canonical, x)[1])
-    heatmaps = {"float32": reference,
-                dtype: lrp.pixel_heatmaps(lrp.make_explain_fn(composite, epsilon, dtype)(canonical, x)[1])}
-    mu = {name: localisation.localisation_metrics(h, masks, names=("mu",)) for name, h in heatmaps.items()}
-    defined = np.asarray(mu["float32"].defined["mu"]) & np.asarray(mu[dtype].defined["mu"])  # (n, A)
-    reference, other = (np.asarray(heatmaps[name], np.float64) for name in ("float32", dtype))
-    report = {}
-    for j, au in enumerate(aus):
-        used = defined[:, j]
-        values = {name: np.asarray(scores.values["mu"], np.float64)[used, j] for name, scores in mu.items()}
-        difference = np.abs(values[dtype] - values["float32"])
-        report[f"AU{au}"] = {
-                "relative_l2": float(np.linalg.norm(other[j] - reference[j]) /
-                                     max(np.linalg.norm(reference[j]), np.finfo(np.float32).tiny)),
-                "mu_float32": float(values["float32"].mean()) if used.any() else None,
-                f"mu_{dtype}": float(values[dtype].mean()) if used.any() else None,
-                "mu_abs_difference_mean": float(difference.mean()) if used.any() else None,
-                "mu_abs_difference_max": float(difference.max()) if used.any() else None}
-    return report

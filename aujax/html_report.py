@@ -4,6 +4,7 @@
 
   results/summary.json    header: best fold, mean F1s, held-out F1 per fold
   config.json             the run's settings (folded away)
+  results/relevance_regions.json, strategies_<role>.json   shortcuts and strategies (`verification_section`)
   results/*.csv           one HTML table each, titled by the matching .json's "title"
   results/figures/**.png  embedded as base64 data URIs, grouped by kind (`FIGURE_KINDS`), with captions
 
@@ -96,6 +97,14 @@ FIGURE_KINDS = (
                    lambda m: "Per-AU distribution of μ, the share of positive relevance inside the AU's region, over "
                              "correctly detected AUs: box (quartiles, whiskers to 1.5 IQR) and every value, one "
                              "colour per dataset, n under each box."),
+        FigureKind("Relevance-region matrix", _stem(rundir.RELEVANCE_REGIONS_FIGURE),
+                   lambda m: "Per explained AU (rows), the mean share of its positive relevance in every AU's region, "
+                             "the rest of the face (inside the landmarks' hull, in no region) and the background; own "
+                             "region outlined; regions overlap and each counts all its pixels; ◀: likely shortcut."),
+        FigureKind("Strategies (SpRAy)", re.escape(rundir.STRATEGIES_PREFIX) + r"(\w+)",
+                   lambda m: f"The {m.group(1)} role: per AU, its correctly predicted images' heatmaps clustered "
+                             "(spectral clustering, number of clusters from the eigengap); each row one cluster, its "
+                             "mean heatmap and its most typical faces."),
 )
 OTHER_FIGURES = "Other figures"
 
@@ -158,6 +167,47 @@ def summary_section(workdir: str) -> str:
     if config is not None:
         body += f"<details><summary>Run settings (config.json)</summary>{_mapping_table(config)}</details>"
     return f'<section id="summary"><h2>Run summary</h2>{body}</section>'
+
+
+def shortcuts_html(workdir: str) -> str:
+    """The AUs flagged in results/relevance_regions.json as likely co-occurrence shortcuts, as a list ('' if the file
+    is missing)."""
+    matrix = _read_json(rundir.RunDir(workdir).result(rundir.RELEVANCE_REGIONS + ".json"))
+    if not isinstance(matrix, dict):
+        return ""
+    flagged = [row for row in matrix.get("rows", []) if row.get("shortcut")]
+    items = "".join(
+            f"<li><b>{html.escape(row['au'])}</b> ({html.escape(row['dataset'])}, {html.escape(row['composite'])}, "
+            f"n={row['n']}): {row['shortcut']['mu']:.2f} of its positive relevance in its own region, "
+            f"{row['shortcut']['share']:.2f} in {html.escape(row['shortcut']['region'])}'s region (outside its own): "
+            "likely read from a co-occurring AU</li>" for row in flagged)
+    body = (f"<ul>{items}</ul>" if items else
+            "<p>Every explained AU's relevance lies more in its own region than in any other AU's.</p>")
+    return ("<h3>Likely co-occurrence shortcuts</h3><p class=\"meta\">AUs whose relevance falls more in another AU's "
+            "region than in their own (results/relevance_regions.json)</p>" + body)
+
+
+def strategies_html(workdir: str) -> str:
+    """Each role's SpRAy clusters (results/strategies_<role>.json) as a table: per AU, every cluster's size and μ."""
+    parts = []
+    for path in sorted(Path(rundir.RunDir(workdir).results).glob(rundir.strategies("*"))):
+        record = _read_json(str(path))
+        rows = "".join(
+                f"<tr><th>{html.escape(au)}</th><td>{len(entry['clusters'])}</td><td>"
+                + ", ".join(f"#{c['id']}: {c['size']} images, μ = {c['mu']:.3f}" for c in entry["clusters"])
+                + "</td></tr>" for au, entry in record.get("aus", {}).items())
+        parts.append(f"<h3>Strategies of the {html.escape(record.get('role', path.stem))} role "
+                     f"({html.escape(str(record.get('composite', '')))})</h3>"
+                     f'<p class="meta">results/{html.escape(path.name)}</p>'
+                     f"<table><thead><tr><th>AU</th><th>clusters</th><th>size and mean μ of each</th></tr></thead>"
+                     f"<tbody>{rows}</tbody></table>")
+    return "".join(parts)
+
+
+def verification_section(workdir: str) -> str:
+    """Shortcuts and strategies (empty where the run has neither)."""
+    body = shortcuts_html(workdir) + strategies_html(workdir)
+    return f'<section id="verification"><h2>Verification beyond μ</h2>{body}</section>' if body else ""
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -276,6 +326,7 @@ def render_report(workdir: str, title: str = "aujax verification report") -> str
             f'<p class="meta">{html.escape(os.path.abspath(workdir))}, written {created}</p>',
             '<nav><a href="#summary">Summary</a><a href="#tables">Tables</a><a href="#figures">Figures</a></nav>',
             summary_section(workdir),
+            verification_section(workdir),
             tables_section(run.results),
             figures_section(run.figures),
             "</body></html>",

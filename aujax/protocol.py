@@ -159,20 +159,27 @@ def check_batches(folds: list[train.FoldSpec], batch_size: int) -> None:
 def create_model(config):
     """The model of `config`: its architecture and widths, one output per AU of `config.aus`."""
     return model_lib.create_model(config.model.widths, num_outputs=len(facs.resolve_aus(config.aus)),
-                                  name=config.model.name, dtype=config.model.dtype)
+                                  name=config.model.name)
 
 
 def loso_scores(results: list[FoldResult], labels: np.ndarray, threshold: float, min_support: int,
-                au_ids: tuple[int, ...]):
+                au_ids: tuple[int, ...], subjects: np.ndarray | None = None,
+                bootstrap: metrics.Bootstrap | None = None):
     """(pooled scores, mean-over-folds scores, per-fold scores) of the held-out predictions; labels (N, A) of the AUs
-    `au_ids`."""
+    `au_ids`; with `subjects` (N,) and `bootstrap`, the pooled and fold-mean F1s get intervals over subjects."""
     per_fold = [metrics.per_au_scores(labels[r.test_index], metrics.decisions(r.probabilities, threshold),
                                       min_support, au_ids=au_ids) for r in results]
     pooled_index = np.concatenate([r.test_index for r in results])
     pooled_prob = np.concatenate([r.probabilities for r in results])
     pooled = metrics.per_au_scores(labels[pooled_index], metrics.decisions(pooled_prob, threshold), min_support,
-                                   au_ids=au_ids)
-    return pooled, metrics.mean_over_folds(per_fold), per_fold
+                                   au_ids=au_ids, subjects=None if subjects is None else subjects[pooled_index],
+                                   bootstrap=bootstrap)
+    return pooled, metrics.mean_over_folds(per_fold, bootstrap), per_fold
+
+
+def bootstrap_of(config) -> metrics.Bootstrap:
+    """The F1 intervals' resampling: `config.analysis`, seeded by `config.seed`."""
+    return metrics.Bootstrap(config.analysis.bootstrap_samples, config.seed, config.analysis.confidence)
 
 
 def best_fold(per_fold: list[dict]) -> int:
@@ -211,14 +218,16 @@ def loso_outcome(config, workdir: str, roles: dict) -> LosoOutcome:
     if missing:
         raise FileNotFoundError(f"{workdir}: folds for subjects {missing} have not finished; run --mode=train")
     pooled, fold_mean, per_fold = loso_scores(results, resident.labels, config.model.threshold,
-                                              config.protocol.min_support, resident.au_ids)
+                                              config.protocol.min_support, resident.au_ids, resident.subject,
+                                              bootstrap_of(config))
     best = best_fold(per_fold)
     trainer = train.Trainer(create_model(config), train_config(config), distributed.make_mesh())
     return LosoOutcome(resident, results, pooled, fold_mean, per_fold, best, trainer,
                        restore_fold_variables(trainer, workdir, best))
 
 
-def baseline_rows(role_records: records.FaceRecords, min_support: int, table: str) -> list[dict]:
+def baseline_rows(role_records: records.FaceRecords, min_support: int, table: str,
+                  bootstrap: metrics.Bootstrap | None = None) -> list[dict]:
     """The table rows of the MediaPipe-blendshape baseline on `role_records`: `[{"method", "scores"}]` with
     `metrics.per_au_scores` of `blendshape_au_labels` against the labels, or `[]` (logged, naming `table`) when the
     records carry no blendshapes (synthetic faces, builds with landmarks="dataset"). AUs without a blendshape rule
@@ -231,9 +240,11 @@ def baseline_rows(role_records: records.FaceRecords, min_support: int, table: st
     ruled = [j for j, au in enumerate(aus) if au in blendshapes.AU_RULES]
     predictions = np.zeros(role_records.labels.shape, np.uint8)
     predictions[:, ruled] = blendshapes.blendshape_au_labels(role_records.blendshapes, tuple(aus[j] for j in ruled))
-    scores = metrics.per_au_scores(role_records.labels, predictions, min_support, au_ids=aus)
+    scores = metrics.per_au_scores(role_records.labels, predictions, min_support, au_ids=aus,
+                                   subjects=role_records.subject, bootstrap=bootstrap)
     for au in (au for au in aus if au not in blendshapes.AU_RULES):
-        scores[f"AU{au}"].update(f1=None, precision=None, recall=None, reason="no MediaPipe blendshape rule")
+        scores[f"AU{au}"].update(f1=None, precision=None, recall=None, reason="no MediaPipe blendshape rule",
+                                 **({"ci_low": None, "ci_high": None} if bootstrap else {}))
     return [{"method": BASELINE_METHOD, "scores": scores}]
 
 
@@ -244,7 +255,7 @@ class Table:
     stem: str
     title: str
     rows: list[dict]
-    keys: tuple[str, ...] = ("f1", "precision", "recall", "support")
+    keys: tuple[str, ...] = ("f1", "ci_low", "ci_high", "precision", "recall", "support")
 
 
 @dataclasses.dataclass
@@ -262,20 +273,23 @@ def evaluate(config, roles: dict, outcome: LosoOutcome) -> Evaluation:
     threshold, min_support = config.model.threshold, config.protocol.min_support
     cross_prob = outcome.trainer.predict(outcome.variables, train.put_on_devices(roles["cross"], outcome.trainer.mesh),
                                          np.arange(len(roles["cross"])))
+    bootstrap = bootstrap_of(config)
     cross_scores = metrics.per_au_scores(roles["cross"].labels, metrics.decisions(cross_prob, threshold),
-                                         min_support, au_ids=roles["cross"].au_ids)
+                                         min_support, au_ids=roles["cross"].au_ids, subjects=roles["cross"].subject,
+                                         bootstrap=bootstrap)
     pooled, fold_mean = outcome.pooled, outcome.fold_mean
     summary = {"best_fold": best, "best_fold_subject": results[best].name,
                "held_out_mean_f1_per_fold": {r.name: metrics.mean_f1(s) for r, s in zip(results, per_fold)},
                "loso_pooled_mean_f1": metrics.mean_f1(pooled), "cross_mean_f1": metrics.mean_f1(cross_scores)}
     held_out_cv = roles["cv"].select(np.isin(roles["cv"].subject, [r.name for r in results]))
     table1 = Table("table1_f1", f"Table 1: leave-one-subject-out F1 on {roles['cv'].name} ({len(results)} folds, "
-                   f"trained with {roles['train'].name})",
+                   f"trained with {roles['train'].name}; ci: {bootstrap.level:.0%} bootstrap interval over subjects, "
+                   "for the fold mean over folds)",
                    [{"method": "ResNet-18 pooled", "scores": pooled},
                     {"method": "ResNet-18 fold mean", "scores": fold_mean},
-                    *baseline_rows(held_out_cv, min_support, "Table 1")])
+                    *baseline_rows(held_out_cv, min_support, "Table 1", bootstrap)])
     table2 = Table("table2_cross_f1", f"Table 2: cross-domain F1 on {roles['cross'].name} (model of the best fold, "
-                   f"subject {results[best].name})",
+                   f"subject {results[best].name}; ci: {bootstrap.level:.0%} bootstrap interval over subjects)",
                    [{"method": "ResNet-18", "scores": cross_scores},
-                    *baseline_rows(roles["cross"], min_support, "Table 2")])
+                    *baseline_rows(roles["cross"], min_support, "Table 2", bootstrap)])
     return Evaluation(summary, [table1, table2])

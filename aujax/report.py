@@ -6,8 +6,13 @@ import csv
 import os
 import re
 
-from aujax import files, localisation, metrics
+import numpy as np
 
+from aujax import files, localisation, metrics, rundir
+from aujax.analysis import region_matrix, strategies
+
+# keys whose mean over AUs means nothing (an interval's mean bound is not the mean's bound)
+UNAVERAGED_KEYS = ("support", "ci_low", "ci_high", "real")
 OTHER_METRICS = ("mass_accuracy", "rank_accuracy", "pointing_game", "top_k_intersection", "roc_auc")
 
 
@@ -40,8 +45,9 @@ def table_rows(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
             numbers = [v for v in values.values() if isinstance(v, float)]
             notes = "; ".join(f"{au}: {row['scores'][au]['reason']}" for au in columns
                               if values[au] is None and row["scores"][au].get("reason"))
+            averaged = numbers and key not in UNAVERAGED_KEYS
             flat.append({"method": row["method"], "metric": key, **values,
-                         "mean": sum(numbers) / len(numbers) if numbers and key != "support" else None,
+                         "mean": sum(numbers) / len(numbers) if averaged else None,
                          "notes": notes})
     return flat
 
@@ -49,16 +55,21 @@ def table_rows(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
 def write_table(results_dir: str, stem: str, title: str, rows: list[dict], keys: tuple[str, ...]) -> str:
     """Write `<stem>.csv` and `<stem>.json` under `results_dir`; return the table as printable text."""
     flat = table_rows(rows, keys)
-    os.makedirs(results_dir, exist_ok=True)
-    tmp = os.path.join(results_dir, stem + ".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["method", "metric", *au_columns(flat[0] if flat else ()), "mean",
-                                               "notes"])
-        writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in flat)
-    os.replace(tmp, os.path.join(results_dir, stem + ".csv"))
+    write_csv(os.path.join(results_dir, stem + ".csv"),
+              ["method", "metric", *au_columns(flat[0] if flat else ()), "mean", "notes"], flat)
     files.write_json(os.path.join(results_dir, stem + ".json"), {"title": title, "rows": rows})
     return format_table(title, flat)
+
+
+def write_csv(path: str, fieldnames: list[str], rows: list[dict]) -> None:
+    """`rows` as a CSV with these columns, written atomically (parents created); None cells empty."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    os.replace(tmp, path)
 
 
 def format_table(title: str, flat: list[dict]) -> str:
@@ -82,16 +93,21 @@ def write_evaluation(run, evaluation) -> str:
     return "\n\n".join(printed)
 
 
-def write_explained(results_dir: str, explained, cfg, min_support: int, best_subject: str) -> str:
+def write_explained(results_dir: str, explained, cfg, min_support: int, best_subject: str, analysis=None) -> str:
     """Table 3, the other localisation metrics (those in `cfg.metrics`), μ beside F1 and `mu_per_subject.csv` of an
-    `explain.Explained` under `results_dir`; returns Tables 3 and μ-F1 as printable text."""
+    `explain.Explained` under `results_dir`; returns Tables 3 and μ-F1 as printable text. With `analysis` (an
+    `analysis.verify.Analysis`), Table 3's μ get their bootstrap intervals."""
     main, roles = explained.main, explained.roles
+    mu_intervals = analysis.mu_intervals if analysis else {}
+    keys = ("mu", "ci_low", "ci_high", "n") if analysis else ("mu", "n")
     table3 = write_table(
         results_dir, "table3_mu", f"Table 3: μ (share of positive relevance inside the AU's region) and n "
-        f"(correctly predicted AUs), model of the best fold ({best_subject})",
+        f"(correctly predicted AUs), model of the best fold ({best_subject})"
+        + (f", with {analysis.confidence:.0%} bootstrap intervals over subjects" if analysis else ""),
         [{"method": f"{explained.results[c, r].records.name} {c}",
-          "scores": _scores_row(explained.results[c, r].summaries, ("mu", "n"))}
-         for c in explained.composites for r in roles], ("mu", "n"))
+          "scores": _with_intervals(_scores_row(explained.results[c, r].summaries, ("mu", "n")),
+                                    mu_intervals.get((c, r)))}
+         for c in explained.composites for r in roles], keys)
     others = tuple(name for name in ("mu_weighted",) + OTHER_METRICS if name in cfg.metrics)
     if others:
         write_table(
@@ -117,6 +133,80 @@ def _scores_row(summaries: dict, keys: tuple[str, ...]) -> dict:
                 entry[key] = summaries[key][j].mean
         row[f"AU{mu.au}"] = entry
     return row
+
+
+def _with_intervals(row: dict, interval: tuple | None) -> dict:
+    """`row` ({'AU4': {...}}) with each AU's 'ci_low' and 'ci_high' from (low (A,), high (A,)), None where NaN."""
+    if interval is None:
+        return row
+    for (au, entry), low, high in zip(row.items(), *interval):
+        entry.update(ci_low=_number(low), ci_high=_number(high))
+    return row
+
+
+def _number(value) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def write_analysis(run, explained, analysis) -> str:
+    """The analyses of an `analysis.verify.Analysis` under `run.results` (a `rundir.RunDir`): the relevance-region
+    matrix (`relevance_regions.csv|json`), the paired μ differences (`mu_differences.csv|json`) and each role's
+    strategies (`strategies_<role>.json`); returns the differences and the flagged shortcuts as printable text."""
+    _write_region_matrices(run, explained, analysis.region_matrices)
+    composite = explained.composites[0]
+    for role, found in analysis.strategies.items():
+        files.write_json(run.result(rundir.strategies(role)), strategies.strategies_record(
+                role, composite, explained.results[composite, role].records.source, found))
+    lines = [f"  {explained.results[key].records.name} {key[0]}: "
+             + ", ".join(f"AU{s.au} in AU{s.other}'s ({s.mu:.2f} own, {s.other_share:.2f} there)" for s in flagged)
+             for key, matrix in analysis.region_matrices.items() if (flagged := region_matrix.shortcuts(matrix))]
+    text = ("Likely co-occurrence shortcuts (an AU's positive relevance more in another AU's region than in its own; "
+            f"{rundir.RELEVANCE_REGIONS}.csv):\n" + "\n".join(lines or ["  none"]))
+    if analysis.differences:
+        rows = [{"method": f"{explained.results[composite, role].records.name} {composite} − {other}",
+                 "scores": _difference_scores(difference, analysis.aus)}
+                for (role, other), difference in analysis.differences.items()]
+        text += "\n\n" + write_table(
+                run.results, rundir.MU_DIFFERENCES, f"Paired bootstrap of μ between composites on the same images "
+                f"({analysis.confidence:.0%} intervals over subjects; real: the interval excludes 0)", rows,
+                ("difference", "ci_low", "ci_high", "real"))
+    return text
+
+
+def _difference_scores(difference, aus) -> dict:
+    return {f"AU{au}": {"difference": _number(difference.difference[j]), "ci_low": _number(difference.low[j]),
+                        "ci_high": _number(difference.high[j]), "n": int(difference.n[j]),
+                        "real": bool(difference.real[j]) if difference.n[j] else None,
+                        "reason": "" if difference.n[j] else "no pair correctly predicted under both composites"}
+            for j, au in enumerate(aus)}
+
+
+def _write_region_matrices(run, explained, matrices: dict) -> None:
+    """relevance_regions.csv (one row per dataset, composite and explained AU) and .json (the same, the outside-own-
+    region shares, the flagged shortcuts and the definitions)."""
+    rows, records = [], []
+    for (composite, role), matrix in matrices.items():
+        names = region_matrix.columns(matrix.aus)
+        flagged = {s.au: s for s in region_matrix.shortcuts(matrix)}
+        dataset = explained.results[composite, role].records.name
+        for a, au in enumerate(matrix.aus):
+            shares = {name: _number(v) for name, v in zip(names, matrix.matrix[a])}
+            shortcut = flagged.get(au)
+            rows.append({"dataset": dataset, "role": role, "composite": composite, "au": f"AU{au}",
+                         "n": int(matrix.n[a]), **shares, "shortcut": f"AU{shortcut.other}" if shortcut else ""})
+            records.append({"dataset": dataset, "role": role, "composite": composite, "au": f"AU{au}",
+                            "n": int(matrix.n[a]), "shares": shares,
+                            "outside_own_region": {f"AU{b}": _number(v) for b, v in zip(matrix.aus,
+                                                                                         matrix.outside_own[a])},
+                            "shortcut": None if shortcut is None else {
+                                    "region": f"AU{shortcut.other}", "share": shortcut.other_share,
+                                    "mu": shortcut.mu}})
+    columns = list(rows[0]) if rows else []
+    write_csv(run.result(rundir.RELEVANCE_REGIONS + ".csv"), columns, rows)
+    files.write_json(run.result(rundir.RELEVANCE_REGIONS + ".json"), {
+            "title": "Relevance-region matrix: mean share of each explained AU's positive relevance in every AU's "
+                     "region, the rest of the face and the background (correctly predicted AUs)",
+            "definition": region_matrix.DEFINITION, "rows": records})
 
 
 def _mu_f1_rows(result, min_support: int) -> list[dict]:

@@ -8,7 +8,9 @@ checkpoints/fold_XX/result.json, predictions.npz   a finished fold
 tensorboard/fold_XX/                       TensorBoard event files of a fold's training (`aujax.events`)
 results/<table>.csv|json, summary.json, mu_per_subject.csv, preprocess_report.csv
 results/heatmaps_<role>.npz                each role's explained heatmaps (config.explain.save_heatmaps)
-results/figures/<figure>.png               FIGURE1, figure2(au), heatmap_grid(role), TRAINING_CURVES, MU_DISTRIBUTIONS
+results/relevance_regions.csv|json, mu_differences.csv|json, strategies_<role>.json   the analyses (`aujax.analysis`)
+results/figures/<figure>.png               FIGURE1, figure2(au), heatmap_grid(role), TRAINING_CURVES, MU_DISTRIBUTIONS,
+                                           RELEVANCE_REGIONS_FIGURE, strategies_figure(role)
 report.html
 explain_image/<name>/                      one explained photo, folder, glob or video (`aujax.explain_image`)
 logs/                                      tracebacks of unexpected errors
@@ -29,6 +31,10 @@ HEATMAP_GRID_PREFIX = "heatmaps"
 TRAINING_CURVES = "training_curves.png"
 MU_DISTRIBUTIONS = "mu_distributions.png"
 _FOLD_PREFIX = "fold_"
+RELEVANCE_REGIONS = "relevance_regions"  # results/<stem>.csv|json, the relevance-region matrix
+MU_DIFFERENCES = "mu_differences"  # results/<stem>.csv|json, paired bootstrap of μ between composites
+RELEVANCE_REGIONS_FIGURE = "relevance_regions.png"
+STRATEGIES_PREFIX = "strategies_"
 
 
 def figure2(au: int) -> str:
@@ -40,6 +46,16 @@ def figure2(au: int) -> str:
 def heatmap_grid(role: str) -> str:
     """'heatmaps_cv.png'."""
     return f"{HEATMAP_GRID_PREFIX}_{role}.png"
+
+
+def strategies(role: str) -> str:
+    """'strategies_cv.json', the SpRAy clusters of a role (under results/)."""
+    return f"{STRATEGIES_PREFIX}{role}.json"
+
+
+def strategies_figure(role: str) -> str:
+    """'strategies_cv.png'."""
+    return f"{STRATEGIES_PREFIX}{role}.png"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -136,7 +136,8 @@ def _table_rows(workdir, stem: str) -> dict:
 
 
 def test_evaluate_puts_the_baseline_beside_the_resnet_on_the_same_images(tmp_path, capsys):
-    config = config_dict.ConfigDict({"model": {"threshold": 0.5}, "protocol": {"min_support": 1}})
+    config = config_dict.ConfigDict({"seed": 0, "model": {"threshold": 0.5}, "protocol": {"min_support": 1},
+                                     "analysis": {"bootstrap_samples": 50, "confidence": 0.95}})
     roles = {"train": patch_records(2, 3, seed=0, prefix="C", name="ck"),
              "cv": with_blendshapes(patch_records(3, 4, seed=1, prefix="A", name="actors"), 2),
              "cross": with_blendshapes(patch_records(2, 5, seed=3, prefix="U", name="unbc"), 4)}
@@ -155,12 +156,14 @@ def test_evaluate_puts_the_baseline_beside_the_resnet_on_the_same_images(tmp_pat
     pipeline.evaluate(config, str(tmp_path / "plain"), roles, outcome)
     assert list(_table_rows(tmp_path / "plain", "table2_cross_f1")) == ["ResNet-18"]
     printed = capsys.readouterr().out
-    assert printed.count("MediaPipe blendshapes") == 4  # Table 1's f1, precision, recall and support lines only
+    # Table 1's f1, ci_low, ci_high, precision, recall and support lines only
+    assert printed.count("MediaPipe blendshapes") == 6
 
 
 def metrics_of(faces: records.FaceRecords) -> dict:
+    """The baseline's scores, with the intervals `pipeline.evaluate` draws for the config above."""
     return metrics.per_au_scores(faces.labels, blendshapes.blendshape_au_labels(faces.blendshapes), 1,
-                                 au_ids=faces.au_ids)
+                                 au_ids=faces.au_ids, subjects=faces.subject, bootstrap=metrics.Bootstrap(50, 0, 0.95))
 
 
 # --- the builders -------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import numpy as np
 import pytest
 from scipy import spatial
@@ -111,3 +112,55 @@ def test_undefined_pairs_and_the_summary():
 def test_shapes_are_checked():
     with pytest.raises(ValueError, match="region masks"):
         region_matrix.region_shares(np.zeros((2, 3, 4, 4)), np.zeros((3, 3, 4, 4), bool), np.zeros((3, 4, 4), bool))
+
+
+@pytest.mark.slow  # compiles the explain stage for two composites (~10-25 s on 2 cores)
+def test_the_explain_stage_scores_the_regions_and_the_report_writes_every_analysis(tmp_path):
+    """Through the explain stage (a tiny random model): its region shares and small heatmaps are those of its
+    heatmaps; the analyses land in relevance_regions.csv|json, mu_differences.csv|json, strategies_cv.json, their
+    figures and the report."""
+    from aujax import explain, files, html_report, lrp, report, rundir
+    from aujax import model as model_lib
+    from aujax.analysis import figures as analysis_figures, strategies, verify
+    from aujax.configs import default
+    from tests.support import TINY_WIDTHS, patch_records
+
+    config = default.get_config()
+    cfg = config.explain
+    cfg.compare, cfg.metrics, cfg.max_images, cfg.batch_size = ("gradient_x_input",), ("mu",), 12, 4
+    config.analysis.min_images, config.analysis.bootstrap_samples = 4, 50
+    variables = model_lib.init_variables(model_lib.create_model(TINY_WIDTHS), jax.random.key(0))
+    canonical = lrp.canonize(variables)
+    roles = {"cv": patch_records(3, 4, seed=0, prefix="A", name="cv")}
+    explained = explain.explain_roles(canonical, roles, cfg, threshold=0.3, strategy_size=28)
+    result, aus = explained.main["cv"], roles["cv"].au_ids
+    heatmaps = explain.pixel_heatmaps_of(canonical, result.records.image, cfg)
+    expected = region_matrix.region_shares(
+            heatmaps, regions.au_region_masks(result.records.landmarks, aus=aus),
+            region_matrix.face_hull_masks(result.records.landmarks, SIZE))
+    np.testing.assert_allclose(result.shares.shares, expected.shares, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result.small_heatmaps, strategies.downsample(heatmaps, 28), rtol=1e-4, atol=1e-6)
+    assert explained.results["gradient_x_input", "cv"].small_heatmaps is None
+    assert result.used.any()
+
+    analysis = verify.analyse(explained, config.analysis, seed=0, aus=aus)
+    run = rundir.RunDir(str(tmp_path))
+    text = report.write_analysis(run, explained, analysis)
+    assert "Paired bootstrap of μ" in text and "Likely co-occurrence shortcuts" in text
+    record = files.read_json(run.result(rundir.strategies("cv")))
+    assert set(record) == {"role", "composite", "aus"} and (record["role"], record["composite"]) == ("cv", "paper")
+    for au, entry in record["aus"].items():
+        column = aus.index(int(au[2:]))
+        assert sorted(i["source"] for i in entry["images"]) == sorted(result.records.source[result.used[:, column]])
+        assert sum(c["size"] for c in entry["clusters"]) == len(entry["images"])
+    matrix = files.read_json(run.result(rundir.RELEVANCE_REGIONS + ".json"))
+    assert len(matrix["rows"]) == 2 * len(aus) and "overlap" in matrix["definition"]
+    cv_paper = [r for r in matrix["rows"] if r["composite"] == "paper"]
+    for row, mu in zip(cv_paper, result.summaries["mu"]):
+        assert row["n"] == mu.n and (mu.mean is None or row["shares"][row["au"]] == pytest.approx(mu.mean, abs=1e-5))
+    assert (tmp_path / "results" / f"{rundir.MU_DIFFERENCES}.csv").is_file()
+    analysis_figures.write_figures(run, explained, analysis)
+    for name in (rundir.RELEVANCE_REGIONS_FIGURE, rundir.strategies_figure("cv")):
+        assert (tmp_path / "results" / "figures" / name).is_file()
+    page = html_report.render_report(str(tmp_path))
+    assert "Verification beyond μ" in page and "Strategies of the cv role" in page
