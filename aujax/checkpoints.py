@@ -196,4 +196,4 @@ def _check_parameter_shapes(step_dir: str, params_template) -> None:
     for name, shape in _shapes(params_template).items():
         if stored.get(name) != shape:
             raise ValueError(f"{step_dir}: this checkpoint holds a model of other settings: parameter {name} has shape "
-                             f"{stored.get(name)} there, {shape} in the model asked for (check --width)")
+                             f"{stored.get(name)} there, {shape} in the model asked for (check --model and --width)")
