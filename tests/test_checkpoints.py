@@ -37,7 +37,8 @@ def test_a_trained_fold_restores_for_inference_through_the_eval_shape_template(t
 @pytest.mark.slow
 def test_a_checkpoint_of_another_width_is_refused_naming_the_parameter(trained_fold):
     directory, _ = trained_fold
-    with pytest.raises(ValueError, match=r"other settings: parameter \[.*\] has shape .* \(check --model and --width\)"):
+    with pytest.raises(ValueError,
+                       match=r"other settings: parameter \[.*\] has shape .* \(check --model and --width\)"):
         checkpoints.restore_variables(model_lib.create_model((8, 8, 8, 8)), directory.latest, distributed.make_mesh())
 
 
