@@ -27,13 +27,14 @@ from aujax.progress import Progress
 @functools.lru_cache(maxsize=None)
 def explain_and_score_fn(composite: str, epsilon: float, aus: tuple[int, ...],
                          metrics: tuple[str, ...] = localisation.METRIC_NAMES, mesh: Mesh | None = None,
-                         strategy_size: int = 0):
+                         strategy_size: int = 0, dtype: str = "float32"):
     """jitted `(canonical, images uint8 (b,112,112,3), landmarks (b,68,2)) -> (probabilities (b,A), scores, shares,
     small heatmaps)` of a model whose A outputs are the AUs `aus`: scores hold the localisation `metrics` ((b, A)
     each), shares the relevance-region matrix's entries (`region_matrix.RegionShares`), small heatmaps the pixel
     heatmaps summed to (A, b, strategy_size, strategy_size) for the strategies (None where `strategy_size` is 0); with
-    `mesh`, the outputs are replicated over it (so that every process can read them whatever the inputs' sharding)."""
-    explain_fn = lrp.make_explain_fn(composite, epsilon)
+    `mesh`, the outputs are replicated over it (so that every process can read them whatever the inputs' sharding);
+    the LRP convolutions compute in `dtype` (config.explain.dtype)."""
+    explain_fn = lrp.make_explain_fn(composite, epsilon, dtype)
 
     def explain_and_score(canonical, images, landmarks):
         logits, relevance = explain_fn(canonical, images.astype(jnp.float32) / 255.0)
@@ -49,7 +50,7 @@ def explain_and_score_fn(composite: str, epsilon: float, aus: tuple[int, ...],
 
 def explain_records(canonical: dict, records: records_lib.FaceRecords, composites: tuple[str, ...], epsilon: float,
                     batch_size: int, mesh: Mesh, metrics: tuple[str, ...] = localisation.METRIC_NAMES,
-                    strategy_size: int = 0) -> dict[str, tuple]:
+                    strategy_size: int = 0, dtype: str = "float32") -> dict[str, tuple]:
     """{composite: (probabilities (n, A), localisation scores ((n, A) per metric), `region_matrix.RegionShares`,
     small heatmaps (A, n, strategy_size, strategy_size) or None)} of every image of `records`, as numpy, for the A AUs
     of `records.au_ids` (the model's outputs, in that order); the small heatmaps (for the strategies) of the first
@@ -60,7 +61,7 @@ def explain_records(canonical: dict, records: records_lib.FaceRecords, composite
     from `records.padded_batches`, so one compiled function per composite serves all of them.
     """
     fns = {c: explain_and_score_fn(c, epsilon, records.au_ids, metrics, mesh,
-                                   strategy_size if c == composites[0] else 0) for c in composites}
+                                   strategy_size if c == composites[0] else 0, dtype) for c in composites}
     parts, read = {c: [] for c in composites}, 0
     with Progress(len(records), f"explain {records.name}") as progress:
         for index, valid in records_lib.padded_batches(np.arange(len(records)), batch_size):
@@ -148,7 +149,7 @@ def explain_roles(canonical: dict, roles: dict, cfg, threshold: float, strategy_
         logging.info("explaining %s (%s role, %d images) with %s", records.name, role, len(subset),
                      ", ".join(composites))
         explained = explain_records(canonical, subset, composites, cfg.epsilon, cfg.batch_size, mesh,
-                                    tuple(cfg.metrics), strategy_size)
+                                    tuple(cfg.metrics), strategy_size, cfg.dtype)
         for composite, outputs in explained.items():
             results[composite, role] = RoleResult.of(subset, *outputs[:2], threshold, *outputs[2:])
     return Explained(composites, tuple(roles), results)
@@ -157,7 +158,7 @@ def explain_roles(canonical: dict, roles: dict, cfg, threshold: float, strategy_
 def pixel_heatmaps_of(canonical, images: np.ndarray, cfg) -> np.ndarray:
     """(A, k, 112, 112) pixel heatmaps (A: the model's outputs) of k uint8 images under the main composite, in
     padded batches of `cfg.batch_size` so that one compiled function serves every call."""
-    explain_fn = lrp.make_explain_fn(cfg.composite, cfg.epsilon)
+    explain_fn = lrp.make_explain_fn(cfg.composite, cfg.epsilon, cfg.dtype)
     parts = []
     for index, valid in records_lib.padded_batches(np.arange(len(images)), cfg.batch_size):
         _, relevance = explain_fn(canonical, jnp.asarray(images[index], jnp.float32) / 255)
@@ -214,3 +215,37 @@ def heatmap_grid(canonical, records: records_lib.FaceRecords, cfg) -> HeatmapGri
               for i in range(count)]
     return HeatmapGrid(pixel_heatmaps_of(canonical, records.image[:count], cfg), records.image[:count], titles,
                        records.au_ids)
+
+
+def precision_difference(canonical, images: np.ndarray, landmarks: np.ndarray, aus: tuple[int, ...],
+                         composite: str = "paper", epsilon: float = lrp.DEFAULT_EPSILON,
+                         dtype: str = "bfloat16") -> dict:
+    """What explaining in `dtype` (config.explain.dtype) changes against float32 at matmul precision 'highest'.
+
+    images: uint8 (n, 112, 112, 3); landmarks (n, 68, 2); aus: the A AUs of the canonical network's outputs.
+    Returns {'AU<id>': {'relative_l2': ||H_dtype - H_float32||_2 / ||H_float32||_2 over the n pixel heatmaps,
+    'mu_float32', 'mu_<dtype>': mean μ, 'mu_abs_difference_mean', 'mu_abs_difference_max': of |μ_dtype - μ_float32|}}
+    with μ over the images where both define it (every image, not only correctly predicted AUs: a measure of the
+    numerics, not of the model)."""
+    x = jnp.asarray(images, jnp.float32) / 255.0
+    masks = regions.au_region_masks(jnp.asarray(landmarks), aus=aus)
+    with jax.default_matmul_precision("highest"):
+        reference = lrp.pixel_heatmaps(lrp.make_explain_fn(composite, epsilon)(canonical, x)[1])
+    heatmaps = {"float32": reference,
+                dtype: lrp.pixel_heatmaps(lrp.make_explain_fn(composite, epsilon, dtype)(canonical, x)[1])}
+    mu = {name: localisation.localisation_metrics(h, masks, names=("mu",)) for name, h in heatmaps.items()}
+    defined = np.asarray(mu["float32"].defined["mu"]) & np.asarray(mu[dtype].defined["mu"])  # (n, A)
+    reference, other = (np.asarray(heatmaps[name], np.float64) for name in ("float32", dtype))
+    report = {}
+    for j, au in enumerate(aus):
+        used = defined[:, j]
+        values = {name: np.asarray(scores.values["mu"], np.float64)[used, j] for name, scores in mu.items()}
+        difference = np.abs(values[dtype] - values["float32"])
+        report[f"AU{au}"] = {
+                "relative_l2": float(np.linalg.norm(other[j] - reference[j]) /
+                                     max(np.linalg.norm(reference[j]), np.finfo(np.float32).tiny)),
+                "mu_float32": float(values["float32"].mean()) if used.any() else None,
+                f"mu_{dtype}": float(values[dtype].mean()) if used.any() else None,
+                "mu_abs_difference_mean": float(difference.mean()) if used.any() else None,
+                "mu_abs_difference_max": float(difference.max()) if used.any() else None}
+    return report

@@ -37,6 +37,8 @@ MODES = {
     "preprocess": "build a real dataset: --dataset, --manual_dir, --data_dir",
     "score": "μ, the other localisation metrics, Table 3, figures and the report of heatmaps made elsewhere "
              "(--heatmaps, --data, optional --labels, --predictions)",
+    "explain_model": "explain a model trained elsewhere (--model_file=m.onnx, its card beside it or --model_card) on "
+                     "--data: Table 3 (μ), μ beside F1, figures and the report",
 }
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, train.NonFiniteLossError,
                train.TrainingStopped)
@@ -46,7 +48,7 @@ _RUN_IDENTITY = ("seed", "aus", "data", "synthetic", "model", "train", "protocol
 # What a run record written before a setting existed means by it (its run had that setting's one value then).
 _BEFORE_THE_SETTING = {"aus": ",".join(map(str, facs.PAIN_AUS))}
 # The same for fields added to a section since: {section: {field: the one value earlier runs had}}.
-_BEFORE_THE_FIELD = {"model": {"name": "resnet18"}}
+_BEFORE_THE_FIELD = {"model": {"name": "resnet18", "dtype": "float32"}}
 # Fields of those sections that change how a run is watched, not what it computes: neither recorded nor compared (so a
 # workdir trained before such a field existed still resumes).
 _WATCHING_ONLY = {"train": ("log_every_steps",)}
@@ -59,6 +61,8 @@ def check_settings(config) -> None:
     except ValueError as e:
         raise ValueError(f"--config.aus: {e}") from None
     model_lib.resolve_widths(config.model.widths, config.model.name)
+    model_lib.check_dtype(config.model.dtype)
+    model_lib.check_dtype(config.explain.dtype, "--config.explain.dtype")
     for composite in (config.explain.composite, *config.explain.compare):
         if composite not in lrp.COMPOSITES:
             raise ValueError(f"LRP composite {composite!r}: expected one of {', '.join(lrp.COMPOSITES)}")
@@ -190,8 +194,9 @@ def adopt_run_settings(workdir: str, config) -> None:
 
 def run(mode: str, config, workdir: str, dataset: str | None = None, manual_dir: str | None = None,
         image: str | None = None, checkpoint: str | None = None, preprocess_options: dict | None = None,
-        fps: float | None = None, score_inputs: dict | None = None) -> None:
-    """Run `mode` (`MODES`); `score_inputs` are --mode=score's files: heatmaps, data, labels, predictions."""
+        fps: float | None = None, score_inputs: dict | None = None, model_inputs: dict | None = None) -> None:
+    """Run `mode` (`MODES`); `score_inputs` are --mode=score's files: heatmaps, data, labels, predictions;
+    `model_inputs` --mode=explain_model's: model_file, model_card, data."""
     started = time.perf_counter()
     if mode == "preprocess":
         _preprocess(config, workdir, dataset, manual_dir, preprocess_options or {})
@@ -215,6 +220,10 @@ def run(mode: str, config, workdir: str, dataset: str | None = None, manual_dir:
         explain_image.explain_image(config, workdir, image, checkpoint, fps or explain_image.DEFAULT_FPS)
         return
     prepare_workdir(workdir, config)
+    if mode == "explain_model":
+        explain_model(config, workdir, **(model_inputs or {}))
+        _finish(workdir, started)
+        return
     logging.info("%d %s device(s) on %d host(s)", jax.device_count(), jax.devices()[0].platform,
                  jax.process_count())
     roles = protocol.load_roles(config)
@@ -227,6 +236,11 @@ def run(mode: str, config, workdir: str, dataset: str | None = None, manual_dir:
         evaluate(config, workdir, roles, outcome)
     if mode in ("explain", "all"):
         _explain(config, workdir, roles, outcome)
+    _finish(workdir, started)
+
+
+def _finish(workdir: str, started: float) -> None:
+    """The HTML report (process 0) and where the results are."""
     if jax.process_index() == 0:
         print(f"\nReport: {os.path.abspath(html_report.write_report(workdir))}", flush=True)
     print(f"\nResults in {os.path.abspath(rundir.RunDir(workdir).results)} "
@@ -242,24 +256,68 @@ def evaluate(config, workdir: str, roles: dict, outcome: protocol.LosoOutcome) -
 
 
 def _explain(config, workdir: str, roles: dict, outcome: protocol.LosoOutcome) -> None:
-    """Explain the best fold's model on every role (every process), then analyse it (`aujax.analysis.verify`: region
-    matrix, strategies, intervals) and write Table 3, the analyses' tables and the figures (process 0)."""
-    from aujax import explain, figures  # LRP and matplotlib only where asked for
+    """Explain the best fold's model on every role (every process), then write Table 3 and the figures (process 0)."""
+    from aujax import explain  # LRP only where asked for
+
+    canonical = lrp.canonize(outcome.variables)
+    explained = explain.explain_roles(canonical, roles, config.explain, config.model.threshold,
+                                      config.analysis.strategy_size)
+    _write_explained(config, workdir, canonical, explained, outcome.results[outcome.best].name, outcome.histories)
+
+
+def explain_model(config, workdir: str, model_file: str | None = None, model_card: str | None = None,
+                  data: str | None = None) -> None:
+    """--mode=explain_model: the ONNX model `model_file` (`lrp.load_onnx`; `model_card` a card file or JSON object,
+    None for the card beside the model) explained on the dataset `data` (a --cv_data spec), for the AUs its card maps
+    and the dataset codes; writes what --mode=explain writes."""
+    from aujax import explain
+    from aujax.data import sources
+    from aujax.lrp import onnx as onnx_lib
+
+    if not model_file or not data:
+        raise ValueError("--mode=explain_model needs --model_file=<model.onnx> and --data=<dataset or records>")
+    if protocol.holds_trained_state(workdir):
+        raise ValueError(f"--workdir={workdir} holds a trained run, whose results --mode=explain_model would "
+                         "overwrite; use another --workdir")
+    card = onnx_lib.resolve_card(model_file, model_card)
+    if list(card.input_size) != [facs.IMAGE_SIZE] * 2 or card.output_activation != "sigmoid":
+        raise ValueError(f"{card.where}: --mode=explain_model explains {facs.IMAGE_SIZE}x{facs.IMAGE_SIZE} face "
+                         "crops and decides an AU by sigmoid(output) >= --threshold: it needs input_size "
+                         f"[{facs.IMAGE_SIZE}, {facs.IMAGE_SIZE}] and output_activation \"sigmoid\", got "
+                         f"{list(card.input_size)} and {card.output_activation!r}")
+    network = onnx_lib.load_onnx(model_file, card)
+    records = sources.load_role("cv", data, config)
+    aus = tuple(au for au in records.au_ids if au in network.au_ids)  # in the dataset's order
+    if not aus:
+        raise ValueError(f"{card.where} maps AUs {', '.join(map(str, network.au_ids))}, --data={data} codes "
+                         f"{', '.join(map(str, records.au_ids))}: no AU in common to verify")
+    if len(aus) < len(network.au_ids):
+        logging.warning("%s: AUs %s are not coded in %s and are left out", card.where,
+                        ", ".join(str(au) for au in network.au_ids if au not in aus), records.name)
+    index = dict(zip(network.au_ids, network.outputs))
+    canonical = lrp.canonize(network._replace(au_ids=aus, outputs=tuple(index[au] for au in aus)))
+    explained = explain.explain_roles(canonical, {"cv": records.with_aus(aus)}, config.explain,
+                                      config.model.threshold, config.analysis.strategy_size)
+    _write_explained(config, workdir, canonical, explained, os.path.basename(model_file), {})
+
+
+def _write_explained(config, workdir: str, canonical, explained, model_name: str, histories: dict) -> None:
+    """The analyses of `explained` (`aujax.analysis.verify`: region matrix, strategies, intervals), then Table 3, μ
+    beside F1, the analyses' tables, the figures and (where asked for) the heatmap arrays, on process 0."""
+    from aujax import explain, figures  # matplotlib only where asked for
     from aujax.analysis import figures as analysis_figures, verify
 
     cfg = config.explain
-    canonical = lrp.canonize(outcome.variables)
-    explained = explain.explain_roles(canonical, roles, cfg, config.model.threshold, config.analysis.strategy_size)
     if jax.process_index() != 0:
         return
     analysis = verify.analyse(explained, config.analysis, config.seed, explained.main["cv"].records.au_ids)
     canonical = jax.device_get(canonical)  # the figures' few heatmaps: this process alone, on its default device
     print(report.write_explained(rundir.RunDir(workdir).results, explained, cfg, config.protocol.min_support,
-                                 outcome.results[outcome.best].name, analysis), flush=True)
+                                 model_name, analysis), flush=True)
     print(report.write_analysis(rundir.RunDir(workdir), explained, analysis), flush=True)
     figure2 = explain.figure2_examples(canonical, explained.main["cv"], cfg)
     grids = {role: explain.heatmap_grid(canonical, result.records, cfg) for role, result in explained.main.items()}
-    figures.write_explained(rundir.RunDir(workdir), explained, figure2, grids, outcome.histories)
+    figures.write_explained(rundir.RunDir(workdir), explained, figure2, grids, histories)
     analysis_figures.write_figures(rundir.RunDir(workdir), explained, analysis)
     if cfg.save_heatmaps:
         save_heatmaps(rundir.RunDir(workdir), canonical, explained, cfg)

@@ -159,7 +159,7 @@ def check_batches(folds: list[train.FoldSpec], batch_size: int) -> None:
 def create_model(config):
     """The model of `config`: its architecture and widths, one output per AU of `config.aus`."""
     return model_lib.create_model(config.model.widths, num_outputs=len(facs.resolve_aus(config.aus)),
-                                  name=config.model.name)
+                                  name=config.model.name, dtype=config.model.dtype)
 
 
 def loso_scores(results: list[FoldResult], labels: np.ndarray, threshold: float, min_support: int,

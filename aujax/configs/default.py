@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.name = "resnet18"  # aujax.model.ARCHITECTURES: resnet18, resnet34, resnet50, vgg11_bn, mobilenet_v2
     config.model.widths = "tiny"  # 'full' 64-128-256-512, 'reduced' 32-64-128-256, 'tiny' 16-32-64-128, or "a,b,c,d"
     config.model.threshold = 0.5
+    # computation dtype of training (aujax.model.DTYPES): "bfloat16" runs convolutions and activations in bfloat16,
+    # parameters, batch statistics, loss and optimizer state stay float32 (mixed precision)
+    config.model.dtype = "float32"
 
     config.train = ml_collections.ConfigDict()
     config.train.epochs = 4
@@ -50,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.explain.compare = ("epsilon_alpha2_beta1_flat", "epsilon_gamma_box", "all_z", "all_epsilon",
                               "gradient_x_input")
     config.explain.epsilon = 0.1  # ε of the ε-rule layers (iNNvestigate's default for the dense layers)
+    # computation dtype of the LRP convolutions, independent of model.dtype: "bfloat16" rounds their operands
+    # (denominators and relevance stay float32); docs/benchmarks.md "Mixed precision" gives what that changes
+    config.explain.dtype = "float32"
     # localisation metrics (aujax.localisation.METRIC_NAMES; 'mu' is required): ('mu',) skips the per-pair sort of
     # the rank-based ones, which costs about a fifth of the explain time on a GPU
     config.explain.metrics = localisation.METRIC_NAMES
