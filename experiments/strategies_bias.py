@@ -19,7 +19,7 @@ import sys
 import ml_collections
 import numpy as np
 
-from aujax import files
+from aujax import facs, files
 from aujax.data import sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,10 +39,12 @@ def run(workdir: str, probability: float, extra: list[str]) -> None:
 def marked_sources(workdir: str) -> set[str]:
     """Sources of the cv role's images that carry the mark: those whose render without the cue differs in the
     corner."""
-    settings = ml_collections.ConfigDict(files.read_json(os.path.join(workdir, "config.json"))["synthetic"])
-    with_cue = sources.synthetic_role("cv", settings)
+    record = files.read_json(os.path.join(workdir, "config.json"))
+    settings = ml_collections.ConfigDict(record["synthetic"])
+    aus = facs.resolve_aus(record.get("aus", "pain"))
+    with_cue = sources.synthetic_role("cv", settings, aus)
     settings.spurious_cue_au = 0
-    without = sources.synthetic_role("cv", settings)
+    without = sources.synthetic_role("cv", settings, aus)
     corner = (slice(None), slice(0, CORNER), slice(0, CORNER))
     differs = np.any(np.asarray(with_cue.image)[corner] != np.asarray(without.image)[corner], axis=(1, 2, 3))
     return set(with_cue.source[differs])
