@@ -90,8 +90,9 @@ class RegionShares(NamedTuple):
     defined: jax.Array
 
 
+@jax.jit
 def region_shares(heatmaps, region_masks, face) -> RegionShares:
-    """The region matrix's entries for every image and explained AU (jittable, vmapped by einsum).
+    """The region matrix's entries for every image and explained AU (jitted; einsums over images and AUs).
 
     heatmaps: (A, n, H, W) float pixel relevance of the A explained AUs; region_masks: (n, A, H, W) bool, the regions
     of the same AUs in the same order (so that AU a's own region is region a); face: (n, H, W) bool, `face_hull_masks`.
