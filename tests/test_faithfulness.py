@@ -1,6 +1,7 @@
 """Faithfulness: region perturbation and pixel flipping on a model whose AU logits are fixed linear functions of the
 pixels of their own regions."""
 
+import json
 import os
 
 import jax
@@ -128,7 +129,8 @@ def test_batched_over_the_mesh_equals_one_call_and_summarises_the_selected_pairs
     mesh = distributed.make_mesh()
     logits_fn = _linear_logits(weights)
     result = faithfulness.faithfulness(
-            logits_fn, lambda x: jnp.einsum("nhwc,ahwc->anhw", x - CENTRE, weights)[None], records, selected, AUS,
+            lambda w, x: _linear_logits(w)(x), weights,
+            lambda x: jnp.einsum("nhwc,ahwc->anhw", x - CENTRE, weights)[None], records, selected, AUS,
             steps=4, max_fraction=0.1, fill="blur", batch_size=2 * jax.device_count(), mesh=mesh,
             key=jax.random.PRNGKey(0), composites=("true",))
     images = images_uint8.astype(np.float32) / 255
@@ -153,3 +155,42 @@ def test_batched_over_the_mesh_equals_one_call_and_summarises_the_selected_pairs
     summary = faithfulness.summary(result)
     assert summary["n_pairs"] == 4 and len(summary["mean_curves"]["true"]) == 5
     assert summary["beats_random_order"] == {"true": True}
+
+
+def test_model_checks_are_written_drawn_and_reported(tmp_path):
+    """The writers at the edge: both tables (CSV + JSON), both figures, the report's verdicts."""
+    from aujax import html_report, report, rundir
+    from aujax.analysis import faithfulness_figures, model_checks, sanity
+
+    rng = np.random.default_rng(0)
+    n, steps = 3, 2
+    logits = rng.normal(size=(n, len(AUS)))
+    curve = np.stack([logits, logits - 1.0, logits - 2.0])  # AOPC 1 against random order's 0
+    faith = faithfulness.Faithfulness(
+            "faces", AUS, "blur", logits, {name: rng.normal(size=(n, len(AUS))) for name in faithfulness.REGION_SETS},
+            np.ones((n, len(AUS))), np.array([0.0, 0.1, 0.2]), {"paper": curve, "all_z": curve[::-1]},
+            np.repeat(logits[None], steps + 1, axis=0), np.ones((n, len(AUS)), bool))
+    values = {m: {"paper": np.full((2, n, len(AUS)), 0.1), "all_z": np.full((2, n, len(AUS)), 0.9)}
+              for m in sanity.METRICS}
+    defined = {m: {c: np.ones((2, n, len(AUS)), bool) for c in ("paper", "all_z")} for m in sanity.METRICS}
+    checks = model_checks.ModelChecks(
+            {"cv": faith}, {"cv": sanity.SanityResult("faces", AUS, ("paper", "all_z"), ("head", "stem"), values,
+                                                      defined)}, 0.5, {"faithfulness": 1.0, "sanity": 2.0})
+    run = rundir.RunDir(str(tmp_path))
+    printed = report.write_model_checks(run, checks)
+    assert "faces AOPC, paper" in printed and "flagged (>= 0.5): all_z" in printed
+    saved = json.loads((tmp_path / "results" / "faithfulness.json").read_text())
+    assert saved["datasets"][0]["aopc"] == {"paper": 1.0, "all_z": -1.0, faithfulness.RANDOM_ORDER: 0.0}
+    assert saved["datasets"][0]["beats_random_order"] == {"paper": True, "all_z": False}
+    assert json.loads((tmp_path / "results" / "sanity_randomisation.json").read_text())["datasets"][0]["flagged"] \
+        == ["all_z"]
+    assert (tmp_path / "results" / "sanity_randomisation.csv").read_text().count("randomised down to") == 8  # 2 x 2 x 2
+    faithfulness_figures.write_model_checks(run, checks)
+    assert os.path.getsize(run.figure(rundir.FAITHFULNESS_FIGURE)) > 0 and os.path.getsize(
+            run.figure(rundir.SANITY_FIGURE)) > 0
+    section = html_report.model_checks_section(str(tmp_path))
+    assert "ranked first by <b>paper</b>" in section and "no better than random order: all_z" in section
+    assert "<b>all_z</b> barely change" in section
+    groups = html_report.group_figures([rundir.FAITHFULNESS_FIGURE, rundir.SANITY_FIGURE])
+    assert list(groups) == ["Faithfulness", "Sanity check: cascading randomisation"]
+    assert html_report.model_checks_section(str(tmp_path / "elsewhere")) == ""

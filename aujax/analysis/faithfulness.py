@@ -166,14 +166,14 @@ def perturbation_logits(logits_fn: Callable, images, masks, face, heatmaps, key,
 
 @functools.lru_cache(maxsize=None)
 def _batch_fn(logits_fn, aus: tuple[int, ...], steps: int, max_fraction: float, fill: str, mesh: Mesh | None):
-    """jitted `(images uint8 (n,h,w,3), landmarks (n,68,2), heatmaps (C,A,n,h,w), key) -> PerturbationLogits`,
-    replicated over `mesh`."""
+    """jitted `(params, images uint8 (n,h,w,3), landmarks (n,68,2), heatmaps (C,A,n,h,w), key) ->
+    PerturbationLogits`, replicated over `mesh`."""
 
-    def run(images, landmarks, heatmaps, key):
+    def run(params, images, landmarks, heatmaps, key):
         masks = regions.au_region_masks(landmarks, aus=aus, size=images.shape[1])
         face = region_matrix.face_hull_masks(landmarks, size=images.shape[1])
-        return perturbation_logits(logits_fn, images.astype(jnp.float32) / 255.0, masks, face, heatmaps, key,
-                                   steps=steps, max_fraction=max_fraction, fill=fill)
+        return perturbation_logits(functools.partial(logits_fn, params), images.astype(jnp.float32) / 255.0, masks,
+                                   face, heatmaps, key, steps=steps, max_fraction=max_fraction, fill=fill)
 
     return jax.jit(run, out_shardings=None if mesh is None else NamedSharding(mesh, P()))
 
@@ -227,15 +227,16 @@ class Faithfulness:
                 for c, curve in curves.items()}
 
 
-def faithfulness(logits_fn: Callable, heatmaps_fn: Callable, records: records_lib.FaceRecords, selected,
+def faithfulness(logits_fn: Callable, params, heatmaps_fn: Callable, records: records_lib.FaceRecords, selected,
                  aus: Sequence[int], *, steps: int, max_fraction: float, fill: str, batch_size: int, mesh: Mesh,
                  key, composites: Sequence[str]) -> Faithfulness:
     """Region perturbation and pixel flipping of every image of `records`, in padded batches split over `mesh`.
 
-    logits_fn: traceable (m, 112, 112, 3) float in [0, 1] -> (m, A) logits (the same object on every call, so that
-    the compiled batch function is reused); heatmaps_fn: (n, 112, 112, 3) float images (a sharded jax array) ->
-    (C, A, n, 112, 112) pixel heatmaps of `composites`; selected: (len(records), A) bool, the pairs to average;
-    key: a PRNG key, folded in with the batch number.
+    logits_fn: traceable (params, (m, 112, 112, 3) float in [0, 1]) -> (m, A) logits (the same object on every call,
+    so that the compiled batch function is reused), e.g. a Flax model's apply; params: its first argument (a pytree,
+    passed to the compiled function rather than baked into it); heatmaps_fn: (n, 112, 112, 3) float images (a sharded
+    jax array) -> (C, A, n, 112, 112) pixel heatmaps of `composites`; selected: (len(records), A) bool, the pairs
+    to average; key: a PRNG key, folded in with the batch number.
     """
     if fill not in FILLS:
         raise ValueError(f"--config.analysis.fill={fill!r}: expected one of {', '.join(FILLS)}")
@@ -249,7 +250,7 @@ def faithfulness(logits_fn: Callable, heatmaps_fn: Callable, records: records_li
             (images, _), (landmarks, _) = (distributed.put_rows(column, index, mesh)
                                            for column in (records.image, records.landmarks))
             heatmaps = heatmaps_fn(images.astype(jnp.float32) / 255.0)
-            out = jax.device_get(fn(images, landmarks, heatmaps, jax.random.fold_in(key, number)))
+            out = jax.device_get(fn(params, images, landmarks, heatmaps, jax.random.fold_in(key, number)))
             parts.append(_cut(PerturbationLogits(*map(np.asarray, out)), valid))
             progress.advance(valid)
     joined = PerturbationLogits(*(np.concatenate(arrays, axis=axis) for arrays, axis in

@@ -1,6 +1,6 @@
 """Figures of the faithfulness and sanity analyses: does the model depend on what the heatmaps rank first and on the
 AU's region (`faithfulness_figure`), and do the heatmaps depend on the model (`randomisation_figure`)? Builders return
-a matplotlib `Figure`; `aujax.figures.save_figure` writes them.
+a matplotlib `Figure`; `write_model_checks` writes them.
 """
 
 from collections.abc import Mapping
@@ -9,8 +9,10 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from aujax import rundir
 from aujax.analysis import faithfulness as faithfulness_lib
 from aujax.analysis import sanity as sanity_lib
+from aujax.figures import save_figure
 
 _REGION_COLOURS = {"own": "#2ca02c", "random": "#7f7f7f", "background": "#1f77b4"}
 
@@ -38,7 +40,8 @@ def faithfulness_figure(results: Mapping[str, faithfulness_lib.Faithfulness]) ->
                      color=colours[composite], label=f"{composite} (AOPC {_number(overall[composite])})")
         top.plot(100 * result.fractions, result.mean_curve(result.random_curve), color="black", linestyle="--",
                  label=f"{faithfulness_lib.RANDOM_ORDER} (AOPC {_number(overall[faithfulness_lib.RANDOM_ORDER])})")
-        top.set_xlabel(f"pixels filled ({result.fill}), most relevant first (%)")
+        top.set_xlabel(f"image filled ({result.fill}, {faithfulness_lib.FLIP_PATCH}x{faithfulness_lib.FLIP_PATCH} patches, "
+                       "most relevant first), %")
         top.set_ylabel("mean logit of the correctly predicted AUs")
         top.set_title(f"{title}: pixel flipping, n = {int(result.selected.sum())} pairs", fontsize=10)
         top.legend(fontsize=7)
@@ -87,3 +90,14 @@ def randomisation_figure(results: Mapping[str, sanity_lib.SanityResult], thresho
             ax.set_title(f"{title}: cascading randomisation", fontsize=10)
         axes[row, 0].legend(fontsize=7)
     return figure
+
+
+def write_model_checks(run, checks) -> None:
+    """The figures of an `analysis.model_checks.ModelChecks` under `run.figures` (a `rundir.RunDir`), titled by
+    dataset: `rundir.FAITHFULNESS_FIGURE` and `rundir.SANITY_FIGURE` (each where its analysis ran)."""
+    if checks.faithfulness:
+        save_figure(faithfulness_figure({r.name: r for r in checks.faithfulness.values()}),
+                    run.figure(rundir.FAITHFULNESS_FIGURE))
+    if checks.sanity:
+        save_figure(randomisation_figure({r.name: r for r in checks.sanity.values()}, checks.threshold),
+                    run.figure(rundir.SANITY_FIGURE))

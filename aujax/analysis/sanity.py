@@ -26,6 +26,7 @@ SSIM of at least `threshold` with the trained model's: they show the image more 
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,8 @@ GRANULARITIES = ("stage", "layer")
 METRICS = ("spearman", "ssim")
 SSIM_WINDOW = 7
 SSIM_K1, SSIM_K2 = 0.01, 0.03
+RANDOMISATION = ("each level's modules (params and batch statistics) re-drawn from the model's own initialiser with "
+                 "another seed, cumulatively from the head down")
 
 
 def cascade_levels(modules: Sequence[str], granularity: str) -> list[tuple[str, tuple[str, ...]]]:
@@ -70,7 +73,7 @@ def randomised(variables: dict, fresh: dict, modules: Sequence[str]) -> dict:
 
 
 def _average_ranks(values) -> jax.Array:
-    """(P,) -> (P,) float32 ranks from 0, tied values sharing their mean rank: (#smaller + #smaller-or-equal − 1) / 2."""
+    """(P,) -> (P,) float32 ranks from 0, tied values sharing their mean rank: (#below + #up to and equal − 1) / 2."""
     ordered = jnp.sort(values)
     # Unrolled binary searches: one fused computation (the default while loop runs a kernel per step on a GPU).
     below = jnp.searchsorted(ordered, values, side="left", method="scan_unrolled")
@@ -78,13 +81,18 @@ def _average_ranks(values) -> jax.Array:
     return (below + up_to - 1).astype(jnp.float32) / 2
 
 
+def _unit_ranks(values) -> tuple[jax.Array, jax.Array]:
+    """(P,) -> the average ranks centred and scaled to unit length (0 where all values are equal), and whether not."""
+    ranks = _average_ranks(values)
+    ranks = ranks - ranks.mean()
+    norm = jnp.sqrt(jnp.sum(ranks * ranks))
+    return jnp.where(norm > 0, ranks / jnp.where(norm > 0, norm, 1.0), 0.0), norm > 0
+
+
 def spearman(a, b) -> tuple[jax.Array, jax.Array]:
     """Spearman rank correlation of two (P,) arrays and whether it is defined (neither constant)."""
-    ra, rb = _average_ranks(a), _average_ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    norm = jnp.sqrt(jnp.sum(ra * ra) * jnp.sum(rb * rb))
-    defined = norm > 0
-    return jnp.where(defined, jnp.sum(ra * rb) / jnp.where(defined, norm, 1.0), 0.0), defined
+    (ra, defined_a), (rb, defined_b) = _unit_ranks(a), _unit_ranks(b)
+    return jnp.sum(ra * rb), defined_a & defined_b
 
 
 def _window_mean(x) -> jax.Array:
@@ -107,22 +115,39 @@ def ssim(x, y, data_range: float = 1.0) -> jax.Array:
     return jnp.mean(s)
 
 
-def _pair_similarity(h, h_random) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    a, b = jnp.abs(h), jnp.abs(h_random)
-    rank, rank_defined = spearman(a.ravel(), b.ravel())
-    peak_a, peak_b = jnp.max(a), jnp.max(b)
-    ssim_defined = (peak_a > 0) & (peak_b > 0) & jnp.isfinite(peak_a) & jnp.isfinite(peak_b)
-    structural = ssim(a / jnp.where(ssim_defined, peak_a, 1.0), b / jnp.where(ssim_defined, peak_b, 1.0))
-    return rank, rank_defined, jnp.where(ssim_defined, structural, 0.0), ssim_defined
+class Prepared(NamedTuple):
+    """Pixel heatmaps (..., n, h, w) ready to compare (`prepare`): `ranks` (..., n, h·w) the unit rank vectors of |h|
+    (`_unit_ranks`), `scaled` (..., n, h, w) |h| / max |h|, and where each is defined (..., n) bool."""
+
+    ranks: jax.Array
+    ranked: jax.Array
+    scaled: jax.Array
+    peaked: jax.Array
 
 
-def similarity(reference, heatmaps) -> dict:
-    """{"spearman", "ssim": (..., n) float32, "spearman_defined", "ssim_defined": (..., n) bool} of two pixel-heatmap
-    arrays (..., n, h, w), pair by pair (jittable)."""
-    shape = reference.shape
-    flat = jax.vmap(_pair_similarity)(reference.reshape((-1,) + shape[-2:]), heatmaps.reshape((-1,) + shape[-2:]))
-    rank, rank_defined, structural, ssim_defined = (v.reshape(shape[:-2]) for v in flat)
-    return {"spearman": rank, "spearman_defined": rank_defined, "ssim": structural, "ssim_defined": ssim_defined}
+def prepare(heatmaps) -> Prepared:
+    """`Prepared` of (..., n, h, w) pixel heatmaps (jittable): the sort happens once per heatmap, not per pair."""
+    shape = heatmaps.shape
+    magnitude = jnp.abs(heatmaps.astype(jnp.float32)).reshape((-1,) + shape[-2:])
+    ranks, ranked = jax.vmap(lambda m: _unit_ranks(m.ravel()))(magnitude)
+    peak = jnp.max(magnitude, axis=(1, 2))
+    peaked = (peak > 0) & jnp.isfinite(peak)
+    scaled = magnitude / jnp.where(peaked, peak, 1.0)[:, None, None]
+    return Prepared(ranks.reshape(shape[:-2] + (-1,)), ranked.reshape(shape[:-2]), scaled.reshape(shape),
+                    peaked.reshape(shape[:-2]))
+
+
+def similarity(reference: Prepared, heatmaps: Prepared) -> dict:
+    """{"spearman", "ssim": (..., n) float32, "spearman_defined", "ssim_defined": (..., n) bool} of two `Prepared`
+    heatmap arrays of one shape, pair by pair (jittable); 0 where undefined."""
+    shape = reference.scaled.shape
+    rank_defined = reference.ranked & heatmaps.ranked
+    ssim_defined = reference.peaked & heatmaps.peaked
+    structural = jax.vmap(ssim)(reference.scaled.reshape((-1,) + shape[-2:]),
+                                heatmaps.scaled.reshape((-1,) + shape[-2:])).reshape(shape[:-2])
+    return {"spearman": jnp.where(rank_defined, jnp.sum(reference.ranks * heatmaps.ranks, axis=-1), 0.0),
+            "spearman_defined": rank_defined, "ssim": jnp.where(ssim_defined, structural, 0.0),
+            "ssim_defined": ssim_defined}
 
 
 @dataclasses.dataclass
@@ -166,16 +191,22 @@ def randomisation_check(explainer: Callable, variables: dict, init_fn: Callable,
     definition order; key: the PRNG key of the random parameters.
     """
     fresh = init_fn(key)
-    levels = cascade_levels(list(fresh["params"]), granularity)
+    levels = cascade_levels(list(fresh["params"]), granularity)  # before any tree_map, which sorts the names
+    # Trained and fresh parameters alike replicated over the mesh (as a restored checkpoint is), so that every mixture
+    # of the two has the same placement and the explainers compile once for all levels.
+    place = jax.jit(lambda tree: tree, out_shardings=NamedSharding(mesh, P()))
+    variables, fresh = place(variables), place(jax.device_get(fresh))
     reference_fn = explainer(variables)
     heatmap_fns = [explainer(randomised(variables, fresh, modules)) for _, modules in levels]
-    compare = jax.jit(similarity, out_shardings=NamedSharding(mesh, P()))
+    prepare_fn = jax.jit(prepare)
+    compare = jax.jit(lambda reference, heatmaps: similarity(reference, prepare(heatmaps)),
+                      out_shardings=NamedSharding(mesh, P()))
     parts = []
     with Progress(len(records), f"randomisation {records.name}") as progress:
         for index, valid in records_lib.padded_batches(np.arange(len(records)), batch_size):
             images, _ = distributed.put_rows(records.image, index, mesh)
             images = images.astype(jnp.float32) / 255.0
-            reference = reference_fn(images)
+            reference = prepare_fn(reference_fn(images))
             batch = [jax.device_get(compare(reference, fn(images))) for fn in heatmap_fns]  # K × (C, A, n)
             parts.append({k: np.stack([b[k] for b in batch])[..., :valid] for k in batch[0]})
             progress.advance(valid)
