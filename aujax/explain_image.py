@@ -17,13 +17,15 @@ The many-image forms write
   annotated.mp4      (video) every sampled frame with its face box and present AUs (p, μ), at `--fps`
   result.json        what was explained, with which model, how many faces and frames skipped
 
-The model is the best fold's of the trained run in `workdir` (from `results/summary.json`), or the newest checkpoint
-in `--checkpoint` (an orbax directory such as `<workdir>/checkpoints/fold_03/latest`). `<name>` is the input's stem
+The model is the best fold's of the trained run in `workdir` (from `results/summary.json`), the newest checkpoint
+in `--checkpoint` (an orbax directory such as `<workdir>/checkpoints/fold_03/latest`), or a model trained elsewhere
+(`--model_file=m.onnx` with its card, `ExternalModel`): then the AUs are the card's, in the order of their output
+indices, and result.json names the model file and the card instead of a checkpoint. `<name>` is the input's stem
 for the first input of that stem, `<stem>-<8 hex digits of a SHA-256 of its absolute path>` for another of the same
 stem elsewhere (`explain_image_dir`); explaining the same input again replaces its earlier result, and says so. μ is
 given for every AU (no label is known: it says where the model looks for each AU, whatever it decided). A model whose
 run trained on synthetic faces only (its config.json) says, with every result, that its decisions on real faces mean
-nothing (`synthetic_only_warning`).
+nothing (`synthetic_only_warning`); a model trained elsewhere has no run record, and no such warning.
 """
 
 import csv
@@ -32,6 +34,7 @@ import glob
 import hashlib
 import os
 import re
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +48,27 @@ from aujax.data import records as records_lib
 SHEET_FRAMES = 16  # the contact sheet's most columns
 DEFAULT_FPS = 2.0
 _GLOB_CHARACTERS = re.compile(r"[*?\[]")
+
+
+class ExternalModel(NamedTuple):
+    """A model trained elsewhere: its `network` (an `aujax.graph.ExplainableNetwork`, outputs the card's AUs) and
+    `card` (`aujax.lrp.card.ModelCard`), from `model_file` and `model_card` (a card file, the card's JSON text, or
+    None for the file beside the model) as the flags gave them."""
+
+    network: object
+    card: object
+    model_file: str
+    model_card: str | None
+
+    def describe(self) -> dict:
+        """What result.json says of the model: `model_file` and `model_card` (absolute paths; the card's fields
+        where they were given as JSON text)."""
+        from aujax.lrp import card as card_lib
+
+        inline = self.model_card is not None and self.model_card.lstrip().startswith("{")
+        card = self.card.to_json() if inline else os.path.abspath(self.model_card or
+                                                                  card_lib.card_path(self.model_file))
+        return {"model_file": os.path.abspath(self.model_file), "model_card": card}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,16 +120,21 @@ def synthetic_only_warning(run: rundir.RunDir) -> str | None:
             "--train_data=ck_plus --cv_data=actor_study (or another built dataset or records file).")
 
 
-def explain_image(config, workdir: str, image_path: str, checkpoint: str | None, fps: float = DEFAULT_FPS) -> dict:
+def explain_image(config, workdir: str, image_path: str, checkpoint: str | None, fps: float = DEFAULT_FPS,
+                  external: ExternalModel | None = None) -> dict:
     """Explain `image_path` (a photo, a folder or glob of images, or a video; see the module docstring) with the
-    model of `checkpoint` (None: the run's best fold); write and print the result, and return result.json's
-    content."""
+    model `external`, else that of `checkpoint` (None: the run's best fold); write and print the result, and return
+    result.json's content."""
     kind, inputs = resolve_inputs(image_path)
     run = rundir.RunDir(workdir)
-    checkpoint = checkpoint or best_checkpoint(run)
-    aus = facs.resolve_aus(config.aus)
-    canonical = lrp.canonize(checkpoints.restore_variables(protocol.create_model(config), checkpoint,
-                                                           distributed.make_mesh()))
+    if external is None:
+        checkpoint = checkpoint or best_checkpoint(run)
+        aus = facs.resolve_aus(config.aus)
+        network = checkpoints.restore_variables(protocol.create_model(config), checkpoint, distributed.make_mesh())
+        model = {"checkpoint": os.path.abspath(checkpoint)}
+    else:
+        aus, network, model = _external_aus(external), external.network, external.describe()
+    canonical = lrp.canonize(network)
     frames = find_faces(kind, inputs, fps)
     faces = [f for f in frames if not _skipped(f)]
     if kind == "photo" and not faces:
@@ -114,9 +143,9 @@ def explain_image(config, workdir: str, image_path: str, checkpoint: str | None,
     if faces:
         explained = explain_faces(canonical, np.stack([f.crop.image for f in faces]),
                                   np.stack([f.crop.landmarks for f in faces]), config.explain, aus)
-    warning = synthetic_only_warning(run)
-    result = {"image": os.path.abspath(image_path), "kind": kind, "checkpoint": os.path.abspath(checkpoint),
-              "composite": config.explain.composite, "au_ids": list(aus), "warning": warning}
+    warning = None if external else synthetic_only_warning(run)
+    result = {"image": os.path.abspath(image_path), "kind": kind, **model, "composite": config.explain.composite,
+              "au_ids": list(aus), "warning": warning}
     out_dir = explain_image_dir(run.explain_image, image_path)
     if os.path.isfile(os.path.join(out_dir, "result.json")):
         print(f"Replacing the earlier result of {image_path} in {os.path.abspath(out_dir)}", flush=True)
@@ -128,6 +157,15 @@ def explain_image(config, workdir: str, image_path: str, checkpoint: str | None,
         text += "\n\n" + warning
     print(text + f"\n\nOutputs in {os.path.abspath(out_dir)}", flush=True)
     return result
+
+
+def _external_aus(external: ExternalModel) -> tuple[int, ...]:
+    """The card's AUs; ValueError naming the card where one has no region to measure μ in."""
+    unknown = [au for au in external.network.au_ids if au not in facs.KNOWN_AUS]
+    if unknown:
+        raise ValueError(f"{external.card.where}: AUs {', '.join(map(str, unknown))} have no region (aujax knows "
+                         f"{', '.join(map(str, facs.KNOWN_AUS))}); leave them out of its outputs")
+    return tuple(external.network.au_ids)
 
 
 def _write_outputs(out_dir: str, result: dict, inputs, frames: list[Frame], faces: list[Frame], explained,

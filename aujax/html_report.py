@@ -5,6 +5,7 @@
   results/summary.json    header: best fold, mean F1s, held-out F1 per fold
   config.json             the run's settings (folded away)
   results/relevance_regions.json, strategies_<role>.json   shortcuts and strategies (`verification_section`)
+  results/faithfulness.json, sanity_randomisation.json   what the model checks found (`model_checks_section`)
   results/*.csv           one HTML table each, titled by the matching .json's "title"
   results/figures/**.png  embedded as base64 data URIs, grouped by kind (`FIGURE_KINDS`), with captions
 
@@ -58,6 +59,7 @@ figure { margin: 1em 0 2em; }
 figure img { max-width: 100%; height: auto; border: 1px solid #ececf0; }
 code { background: #f4f4f7; padding: 0 0.25em; border-radius: 3px; }
 details { margin: 0.8em 0; }
+.flag { color: #a4001d; }
 """
 
 
@@ -105,6 +107,17 @@ FIGURE_KINDS = (
                    lambda m: f"The {m.group(1)} role: per AU, its correctly predicted images' heatmaps clustered "
                              "(spectral clustering, number of clusters from the eigengap); each row one cluster, its "
                              "mean heatmap and its most typical faces."),
+        FigureKind("Faithfulness", _stem(rundir.FAITHFULNESS_FIGURE),
+                   lambda m: "Top: patch flipping, the mean logit of the correctly predicted AUs as the image's 8x8 "
+                             "patches are filled most relevant first under each composite, and in random order "
+                             "(dashed); the higher a composite's AOPC above random order, the more the model depends "
+                             "on what its heatmaps rank first. Bottom: the mean logit drop per AU when its own region, "
+                             "a random face region of the same area or the background is filled."),
+        FigureKind("Sanity check: cascading randomisation", _stem(rundir.SANITY_FIGURE),
+                   lambda m: "Similarity of each composite's heatmaps to the trained model's as the parameters are "
+                             "re-drawn at random from the head down (Adebayo et al. 2018): heatmaps that explain the "
+                             "model fall towards 0; above the dashed threshold once everything is random, they show "
+                             "the image more than the model."),
 )
 OTHER_FIGURES = "Other figures"
 
@@ -312,6 +325,45 @@ def figures_section(figures_dir: str) -> str:
     return f'<section id="figures"><h2>Figures</h2>{body}</section>'
 
 
+def _checks_numbers(values: dict) -> str:
+    return ", ".join(f"{html.escape(name)} {_value_html(value)}" for name, value in values.items())
+
+
+def model_checks_section(workdir: str) -> str:
+    """What faithfulness and the sanity check found (results/faithfulness.json, results/sanity_randomisation.json):
+    which composite's heatmaps the model depends on most, and the composites flagged by the sanity check; "" where
+    neither ran."""
+    run = rundir.RunDir(workdir)
+    items = []
+    for found in (_read_json(run.result(rundir.FAITHFULNESS + ".json")) or {}).get("datasets", []):
+        aopc = found["aopc"]
+        ranked = sorted((c for c in found["beats_random_order"] if aopc[c] is not None), key=lambda c: -aopc[c])
+        behind = [c for c, beats in found["beats_random_order"].items() if not beats]
+        verdict = (f"the model depends most on the pixels ranked first by <b>{html.escape(ranked[0])}</b>"
+                   if ranked else "no correctly predicted AU to perturb")
+        items.append(f"<li>{html.escape(found['dataset'])} ({found['n_pairs']} correctly predicted AUs): {verdict}. "
+                     f"AOPC, logit units: {_checks_numbers(aopc)}"
+                     + (f'; <span class="flag">no better than random order: {html.escape(", ".join(behind))}</span>'
+                        if behind else "")
+                     + f". Mean logit drop with the region filled: {_checks_numbers(found['mean_drop'])}.</li>")
+    sanity = _read_json(run.result(rundir.SANITY + ".json")) or {}
+    for found in sanity.get("datasets", []):
+        threshold = _value_html(found["threshold"])
+        if found["flagged"]:
+            items.append(f'<li class="flag">{html.escape(found["dataset"])}: the heatmaps of '
+                         f'<b>{html.escape(", ".join(found["flagged"]))}</b> barely change when every parameter is '
+                         f"random (similarity to the trained model's at least {threshold}): they show the image more "
+                         "than the model (Adebayo et al. 2018).</li>")
+        else:
+            items.append(f"<li>{html.escape(found['dataset'])}: every composite's heatmaps change under cascading "
+                         f"randomisation (similarity below {threshold} once every parameter is random).</li>")
+    if not items:
+        return ""
+    return (f'<section id="checks"><h2>Model checks: faithfulness and sanity</h2><ul>{"".join(items)}</ul>'
+            "<p class=\"notes\">Tables <code>faithfulness</code> and <code>sanity_randomisation</code> and their figures "
+            "below.</p></section>")
+
+
 def render_report(workdir: str, title: str = "aujax verification report") -> str:
     """The report of `workdir` as one HTML document (a string)."""
     run = rundir.RunDir(workdir)
@@ -326,6 +378,7 @@ def render_report(workdir: str, title: str = "aujax verification report") -> str
             f'<p class="meta">{html.escape(os.path.abspath(workdir))}, written {created}</p>',
             '<nav><a href="#summary">Summary</a><a href="#tables">Tables</a><a href="#figures">Figures</a></nav>',
             summary_section(workdir),
+            model_checks_section(workdir),
             verification_section(workdir),
             tables_section(run.results),
             figures_section(run.figures),

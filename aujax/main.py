@@ -59,9 +59,10 @@ flags.DEFINE_string("heatmaps", None, "--mode=score: heatmaps made elsewhere, .n
                     "(n, A, h, w) for the AUs of --config.aus.")
 flags.DEFINE_string("data", None, "--mode=score: the images the heatmaps explain: face records or a folder of "
                     "images. --mode=explain_model: the dataset to explain the model on (anything --cv_data accepts).")
-flags.DEFINE_string("model_file", None, "--mode=explain_model: a model trained elsewhere, as an ONNX file.")
-flags.DEFINE_string("model_card", None, "--mode=explain_model: the model's card (docs/onnx.md), a JSON file or the "
-                    "JSON object itself; default: <model_file without .onnx>.card.json.")
+flags.DEFINE_string("model_file", None, "--mode=explain_model, explain_image: a model trained elsewhere, as an ONNX "
+                    "file.")
+flags.DEFINE_string("model_card", None, "--mode=explain_model, explain_image: the model's card (docs/onnx.md), a JSON "
+                    "file or the JSON object itself; default: <model_file without .onnx>.card.json.")
 flags.DEFINE_string("labels", None, "--mode=score: optional .npy (n, A) of 0/1 AU labels.")
 flags.DEFINE_string("predictions", None, "--mode=score: optional .npy (n, A) of 0/1 decisions or probabilities.")
 flags.DEFINE_multi_string("preprocess_option", None, "--mode=preprocess: a builder option as name=value, "

@@ -33,7 +33,7 @@ MODES = {
     "evaluate": "Tables 1 and 2 from a trained workdir",
     "explain": "LRP heatmaps, Table 3 (μ), Figures 1-2 and the report from a trained workdir",
     "explain_image": "explain a photo, a folder or glob of images, or a video (--image, --fps) with the trained run's "
-                     "best model or --checkpoint",
+                     "best model, --checkpoint or --model_file",
     "preprocess": "build a real dataset: --dataset, --manual_dir, --data_dir",
     "score": "μ, the other localisation metrics, Table 3, figures and the report of heatmaps made elsewhere "
              "(--heatmaps, --data, optional --labels, --predictions)",
@@ -201,7 +201,8 @@ def run(mode: str, config, workdir: str, dataset: str | None = None, manual_dir:
     if mode == "preprocess":
         _preprocess(config, workdir, dataset, manual_dir, preprocess_options or {})
         return
-    if mode in ("evaluate", "explain", "explain_image"):
+    model_file = (model_inputs or {}).get("model_file")
+    if mode in ("evaluate", "explain") or (mode == "explain_image" and not model_file):
         adopt_run_settings(workdir, config)
     check_settings(config)
     if mode == "score":
@@ -217,7 +218,14 @@ def run(mode: str, config, workdir: str, dataset: str | None = None, manual_dir:
             raise ValueError("--mode=explain_image needs --image=<photo, folder, glob or video>")
         from aujax import explain_image  # LRP, mediapipe and figures only where asked for
 
-        explain_image.explain_image(config, workdir, image, checkpoint, fps or explain_image.DEFAULT_FPS)
+        external = None
+        if model_file:
+            if checkpoint:
+                raise ValueError("--mode=explain_image takes --model_file or --checkpoint, not both")
+            model_card = model_inputs.get("model_card")
+            external = explain_image.ExternalModel(*external_model(model_file, model_card, mode), model_file,
+                                                   model_card)
+        explain_image.explain_image(config, workdir, image, checkpoint, fps or explain_image.DEFAULT_FPS, external)
         return
     prepare_workdir(workdir, config)
     if mode == "explain_model":
@@ -272,20 +280,12 @@ def explain_model(config, workdir: str, model_file: str | None = None, model_car
     and the dataset codes; writes what --mode=explain writes."""
     from aujax import explain
     from aujax.data import sources
-    from aujax.lrp import onnx as onnx_lib
-
     if not model_file or not data:
         raise ValueError("--mode=explain_model needs --model_file=<model.onnx> and --data=<dataset or records>")
     if protocol.holds_trained_state(workdir):
         raise ValueError(f"--workdir={workdir} holds a trained run, whose results --mode=explain_model would "
                          "overwrite; use another --workdir")
-    card = onnx_lib.resolve_card(model_file, model_card)
-    if list(card.input_size) != [facs.IMAGE_SIZE] * 2 or card.output_activation != "sigmoid":
-        raise ValueError(f"{card.where}: --mode=explain_model explains {facs.IMAGE_SIZE}x{facs.IMAGE_SIZE} face "
-                         "crops and decides an AU by sigmoid(output) >= --threshold: it needs input_size "
-                         f"[{facs.IMAGE_SIZE}, {facs.IMAGE_SIZE}] and output_activation \"sigmoid\", got "
-                         f"{list(card.input_size)} and {card.output_activation!r}")
-    network = onnx_lib.load_onnx(model_file, card)
+    network, card = external_model(model_file, model_card, "explain_model")
     records = sources.load_role("cv", data, config)
     aus = tuple(au for au in records.au_ids if au in network.au_ids)  # in the dataset's order
     if not aus:
@@ -300,6 +300,21 @@ def explain_model(config, workdir: str, model_file: str | None = None, model_car
                                       config.model.threshold, config.analysis.strategy_size)
     _write_explained(config, workdir, canonical, explained, os.path.basename(model_file), {})
 
+
+def external_model(model_file: str, model_card, mode: str):
+    """(`ExplainableNetwork`, `ModelCard`) of the ONNX model `model_file` (`lrp.load_onnx`; `model_card` a card file or
+    JSON object, None for the card beside the model) for `--mode=<mode>`, which explains 112x112 face crops and
+    decides an AU by sigmoid(output) >= --threshold: ValueError in one line for a card of another input size or
+    output activation, or one that does not match the model."""
+    from aujax.lrp import onnx as onnx_lib
+
+    card = onnx_lib.resolve_card(model_file, model_card)
+    if list(card.input_size) != [facs.IMAGE_SIZE] * 2 or card.output_activation != "sigmoid":
+        raise ValueError(f"{card.where}: --mode={mode} explains {facs.IMAGE_SIZE}x{facs.IMAGE_SIZE} face "
+                         "crops and decides an AU by sigmoid(output) >= --threshold: it needs input_size "
+                         f"[{facs.IMAGE_SIZE}, {facs.IMAGE_SIZE}] and output_activation \"sigmoid\", got "
+                         f"{list(card.input_size)} and {card.output_activation!r}")
+    return onnx_lib.load_onnx(model_file, card), card
 
 def _write_explained(config, workdir: str, canonical, explained, model_name: str, histories: dict) -> None:
     """The analyses of `explained` (`aujax.analysis.verify`: region matrix, strategies, intervals), then Table 3, μ

@@ -9,7 +9,7 @@ import re
 import numpy as np
 
 from aujax import files, localisation, metrics, rundir
-from aujax.analysis import region_matrix, strategies
+from aujax.analysis import faithfulness, region_matrix, sanity, strategies
 
 # keys whose mean over AUs means nothing (an interval's mean bound is not the mean's bound)
 UNAVERAGED_KEYS = ("support", "ci_low", "ci_high", "real")
@@ -52,12 +52,14 @@ def table_rows(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
     return flat
 
 
-def write_table(results_dir: str, stem: str, title: str, rows: list[dict], keys: tuple[str, ...]) -> str:
-    """Write `<stem>.csv` and `<stem>.json` under `results_dir`; return the table as printable text."""
+def write_table(results_dir: str, stem: str, title: str, rows: list[dict], keys: tuple[str, ...],
+                extra: dict | None = None) -> str:
+    """Write `<stem>.csv` and `<stem>.json` (its title, the `extra` entries, the rows) under `results_dir`; return the
+    table as printable text."""
     flat = table_rows(rows, keys)
     write_csv(os.path.join(results_dir, stem + ".csv"),
               ["method", "metric", *au_columns(flat[0] if flat else ()), "mean", "notes"], flat)
-    files.write_json(os.path.join(results_dir, stem + ".json"), {"title": title, "rows": rows})
+    files.write_json(os.path.join(results_dir, stem + ".json"), {"title": title, **(extra or {}), "rows": rows})
     return format_table(title, flat)
 
 
@@ -234,3 +236,38 @@ def _write_per_subject(path: str, results: dict) -> None:
         writer = csv.DictWriter(f, fieldnames=["dataset", "subject", "au", "mu", "n", "n_excluded"])
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_model_checks(run, checks) -> str:
+    """results/faithfulness.csv|json and results/sanity_randomisation.csv|json of an
+    `analysis.model_checks.ModelChecks` under `run` (a `rundir.RunDir`); returns what they show as printable text."""
+    printed = []
+    if checks.faithfulness:
+        results = list(checks.faithfulness.values())
+        printed.append(write_table(
+                run.results, rundir.FAITHFULNESS,
+                f"Faithfulness ({results[0].fill} fill): mean logit drop of each correctly predicted AU when its region, "
+                "a random face region of the same area or the background is filled; AOPC of patch flipping, most "
+                "relevant first per composite and in random order (logit units)",
+                [row for result in results for row in faithfulness.table_rows(result)], ("value",),
+                {"fill": results[0].fill, "blur_sigma_px": faithfulness.BLUR_SIGMA,
+                 "patch_px": faithfulness.FLIP_PATCH, "seconds": round(checks.seconds["faithfulness"], 1),
+                 "datasets": [faithfulness.summary(result) for result in results]}))
+    if checks.sanity:
+        results = list(checks.sanity.values())
+        write_table(
+                run.results, rundir.SANITY,
+                "Sanity check (cascading randomisation from the head down): Spearman rank correlation of |R| and SSIM "
+                "between the heatmaps of the trained and of the randomised model, mean over the images",
+                [row for result in results for row in sanity.table_rows(result)], sanity.METRICS,
+                {"randomisation": sanity.RANDOMISATION, "seconds": round(checks.seconds["sanity"], 1),
+                 "datasets": [sanity.summary(result, checks.threshold) for result in results]})
+        for result in results:
+            lines = [f"Sanity check ({result.name}), similarity to the trained model's heatmaps once every "
+                     "parameter is random (Spearman |R|, SSIM):"]
+            lines += [f"  {c:<28} {_cell(result.curve('spearman', c)[-1]):>8} {_cell(result.curve('ssim', c)[-1]):>8}"
+                      for c in result.composites]
+            flagged = result.flagged(checks.threshold)
+            lines.append(f"  flagged (>= {checks.threshold}): {', '.join(flagged) if flagged else 'none'}")
+            printed.append("\n".join(lines))
+    return "\n\n".join(printed)

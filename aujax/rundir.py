@@ -9,8 +9,10 @@ tensorboard/fold_XX/                       TensorBoard event files of a fold's t
 results/<table>.csv|json, summary.json, mu_per_subject.csv, preprocess_report.csv
 results/heatmaps_<role>.npz                each role's explained heatmaps (config.explain.save_heatmaps)
 results/relevance_regions.csv|json, mu_differences.csv|json, strategies_<role>.json   the analyses (`aujax.analysis`)
+results/FAITHFULNESS.csv|json, SANITY.csv|json   faithfulness, randomisation sanity check (`aujax.analysis`)
 results/figures/<figure>.png               FIGURE1, figure2(au), heatmap_grid(role), TRAINING_CURVES, MU_DISTRIBUTIONS,
-                                           RELEVANCE_REGIONS_FIGURE, strategies_figure(role)
+                                           RELEVANCE_REGIONS_FIGURE, strategies_figure(role), FAITHFULNESS_FIGURE,
+                                           SANITY_FIGURE
 report.html
 explain_image/<name>/                      one explained photo, folder, glob or video (`aujax.explain_image`)
 logs/                                      tracebacks of unexpected errors
@@ -30,6 +32,10 @@ FIGURE2_PREFIX = "figure2_"
 HEATMAP_GRID_PREFIX = "heatmaps"
 TRAINING_CURVES = "training_curves.png"
 MU_DISTRIBUTIONS = "mu_distributions.png"
+FAITHFULNESS = "faithfulness"  # table stem: results/faithfulness.csv|json
+SANITY = "sanity_randomisation"
+FAITHFULNESS_FIGURE = "faithfulness.png"
+SANITY_FIGURE = "sanity_randomisation.png"
 _FOLD_PREFIX = "fold_"
 RELEVANCE_REGIONS = "relevance_regions"  # results/<stem>.csv|json, the relevance-region matrix
 MU_DIFFERENCES = "mu_differences"  # results/<stem>.csv|json, paired bootstrap of μ between composites

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from aujax import explain_image, files, rundir
-from tests.support import TINY_WIDTHS, config_with, write_video
+from tests.support import TINY_WIDTHS, config_with, export_onnx, imagenet_card, write_video
 
 pytest.importorskip("mediapipe", reason="mediapipe is not installed: explaining photos needs it")
 
@@ -120,3 +120,67 @@ def test_no_warning_for_a_model_trained_on_real_data(tmp_path):
     files.write_json(run.config, {"data": {"train": "ck_plus", "cv": "actor_study", "cross": "synthetic"}})
     assert explain_image.synthetic_only_warning(run) is None
     assert explain_image.synthetic_only_warning(rundir.RunDir(str(tmp_path / "none"))) is None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --model_file: a model trained elsewhere, as an ONNX file with its card
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    """A tiny PyTorch network of 3 outputs exported to ONNX, and its card's file: AU12 at output 0, AU4 at output 2."""
+    torch = pytest.importorskip("torch", reason="torch is not installed: the test exports a PyTorch model")
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 7, 2, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.MaxPool2d(3, 2, 1), torch.nn.Conv2d(4, 8, 3, 2, 1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3)).eval()
+    root = tmp_path_factory.mktemp("onnx")
+    path = export_onnx(net, root / "au.onnx")
+    card = root / "elsewhere.json"  # not beside the model: named by --model_card
+    card.write_text(json.dumps(imagenet_card({12: 0, 4: 2})))
+    return path, str(card)
+
+
+def test_an_onnx_model_explains_a_photo_with_the_aus_of_its_card(onnx_model, tmp_path, capsys):
+    from aujax import lrp, pipeline
+
+    model_file, card = onnx_model
+    config = config_with(**{"explain.batch_size": 1})
+    pattern = os.path.join(DATA, "astronaut.pn[g]")  # a glob of one photo: frames.csv and heatmaps.npz
+    pipeline.run("explain_image", config, str(tmp_path), image=pattern,
+                 model_inputs={"model_file": model_file, "model_card": card})
+    out = explain_image.explain_image_dir(os.path.join(tmp_path, "explain_image"), pattern)
+    result = json.loads(open(os.path.join(out, "result.json")).read())
+    assert result["model_file"] == os.path.abspath(model_file) and result["model_card"] == os.path.abspath(card)
+    assert result["au_ids"] == [12, 4] and result["warning"] is None and "checkpoint" not in result
+    assert "mean nothing" not in capsys.readouterr().out  # no run record: no synthetic-data warning
+    with np.load(os.path.join(out, "heatmaps.npz")) as saved:
+        heatmaps, images, au_ids = saved["heatmaps"], saved["images"], saved["au_ids"]
+    assert au_ids.tolist() == [12, 4] and heatmaps.shape == (1, 2, 112, 112)
+    logits, relevance = lrp.explain_with_logits(lrp.load_onnx(model_file, card), images / np.float32(255),
+                                                composite=config.explain.composite)
+    expected = np.asarray(lrp.pixel_heatmaps(relevance)).swapaxes(0, 1)
+    scale = np.abs(expected).max()
+    assert scale > 0
+    np.testing.assert_allclose(heatmaps.astype(np.float32), expected, rtol=1e-2, atol=1e-3 * scale)
+    row, = _rows(os.path.join(out, "frames.csv"))
+    assert [k for k in row if k.startswith("AU")] == [f"AU{au}_{what}" for au in (12, 4)
+                                                      for what in ("p", "present", "mu")]
+    probabilities = 1 / (1 + np.exp(-np.asarray(logits[0], np.float64)))
+    assert [float(row["AU12_p"]), float(row["AU4_p"])] == pytest.approx(probabilities.tolist(), abs=1e-4)
+
+
+@pytest.mark.parametrize("outputs, fragments", [
+        ({12: 0, 4: 5}, ("{4: 5}", "3 outputs")),  # the model has 3 outputs
+        ({12: 0, 11: 1}, ("AUs 11 have no region",))])
+def test_a_card_naming_an_output_the_model_lacks_or_an_au_without_a_region_is_refused_in_one_line(
+        onnx_model, tmp_path, outputs, fragments):
+    from aujax import pipeline
+
+    model_file, _ = onnx_model
+    with pytest.raises(ValueError) as refused:
+        pipeline.run("explain_image", config_with(), str(tmp_path), image=os.path.join(DATA, "astronaut.png"),
+                     model_inputs={"model_file": model_file, "model_card": json.dumps(imagenet_card(outputs))})
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("--model_card") and all(f in message for f in fragments)
+    assert not os.path.exists(os.path.join(tmp_path, "explain_image"))

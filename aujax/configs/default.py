@@ -75,6 +75,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.analysis.max_clusters = 6  # SpRAy: at most this many strategies per AU (the eigengap picks how many)
     config.analysis.neighbours = 10  # SpRAy: k of the k-nearest-neighbour affinity
     config.analysis.min_images = 10  # SpRAy: an AU with fewer correctly predicted images is one cluster
+    # Faithfulness and the randomisation sanity check run the model again and again (aujax.analysis.model_checks):
+    # sized for the 2-core default job; a GPU run can take every explained image and finer curves.
+    config.analysis.composites = ()  # () = every composite of config.explain
+    config.analysis.batch_size = 4  # images per batch of both (rounded up to a multiple of the devices)
+    config.analysis.faithfulness_roles = ("cv",)
+    config.analysis.faithfulness_images = 8  # the first explained images of each of those roles; 0: none
+    config.analysis.fill = "blur"  # what fills perturbed pixels: "blur" (Gaussian, σ = 4 px) or "mean" (colour)
+    config.analysis.flip_steps = 4  # pixel flipping: points of the curve after the unperturbed image
+    config.analysis.flip_max_fraction = 0.2  # share of the image's 8x8 patches filled at the last point
+    config.analysis.sanity_role = "cv"
+    config.analysis.sanity_images = 4  # the first explained images of sanity_role; 0: no sanity check
+    config.analysis.sanity_granularity = "stage"  # randomisation levels: one per stage ("stage") or per module ("layer")
+    config.analysis.sanity_threshold = 0.5  # flag a composite whose fully randomised heatmaps stay this similar
 
     config.protocol = ml_collections.ConfigDict()
     config.protocol.max_folds = 0  # 0: every subject of the cv role is held out once
