@@ -25,7 +25,8 @@ from aujax import protocol
 from aujax import report
 from aujax import rundir
 from aujax import train
-from aujax.data import fingerprint
+from aujax.analysis import model_checks
+from aujax.data import fingerprint, sources
 
 MODES = {
     "all": "train every fold, evaluate, explain and verify, write the HTML report",
@@ -72,6 +73,7 @@ def check_settings(config) -> None:
         raise ValueError(f"--config.explain.metrics: {e}") from None
     if "mu" not in config.explain.metrics:
         raise ValueError(f"--config.explain.metrics={tuple(config.explain.metrics)}: must include 'mu' (Table 3)")
+    model_checks.check_settings(config, sources.ROLES)
     devices = jax.device_count()
     if config.train.batch_size < 1 or config.train.batch_size % devices:
         raise ValueError(f"--batch_size={config.train.batch_size} must be a positive multiple of the number of "
@@ -271,6 +273,18 @@ def _explain(config, workdir: str, roles: dict, outcome: protocol.LosoOutcome) -
     explained = explain.explain_roles(canonical, roles, config.explain, config.model.threshold,
                                       config.analysis.strategy_size)
     _write_explained(config, workdir, canonical, explained, outcome.results[outcome.best].name, outcome.histories)
+    _check_model(config, workdir, outcome.variables, explained)
+
+
+def _check_model(config, workdir: str, variables: dict, explained) -> None:
+    """Faithfulness and the randomisation sanity check of the trained model (`analysis.model_checks`, every
+    process), written and printed by process 0."""
+    from aujax.analysis import faithfulness_figures  # matplotlib only where asked for
+
+    checks = model_checks.run_checks(protocol.create_model(config), variables, explained, config)
+    if jax.process_index() == 0:
+        print(report.write_model_checks(rundir.RunDir(workdir), checks), flush=True)
+        faithfulness_figures.write_model_checks(rundir.RunDir(workdir), checks)
 
 
 def explain_model(config, workdir: str, model_file: str | None = None, model_card: str | None = None,
