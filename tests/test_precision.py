@@ -53,7 +53,11 @@ def test_bfloat16_training_keeps_parameters_statistics_and_optimizer_state_float
     records = patch_records(2, 8, seed=5, prefix="A")
     data = train.put_on_devices(records, mesh)
     pos_weight = jnp.asarray(train.positive_weights(records.labels, cfg.pos_weight_max))
-    state = train.init_state(trainer.model, trainer.optimizer, jax.random.key(0), mesh)
+    # the state of `train.init_state`, from variables drawn in numpy (flax's initialisers take 17 s to compile here)
+    variables = randomized_variables(widths=TINY_WIDTHS)
+    state = {"params": variables["params"], "batch_stats": variables["batch_stats"],
+             "opt_state": trainer.optimizer.init(variables["params"]), "step": jnp.zeros((), jnp.int32),
+             "epoch_loss_sum": jnp.zeros((), jnp.float32)}
     initial = jax.tree_util.tree_map(np.asarray, state["params"])
     losses = []
     for batch in train.epoch_order(np.arange(len(records)), 0, 0, 0, cfg.batch_size)[:2].tolist() * 2:
