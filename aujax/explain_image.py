@@ -134,7 +134,7 @@ def explain_image(config, workdir: str, image_path: str, checkpoint: str | None,
         model = {"checkpoint": os.path.abspath(checkpoint)}
     else:
         aus, network, model = _external_aus(external), external.network, external.describe()
-    canonical = lrp.canonize(network)
+    canonical = lrp.canonize(network, batch_norm=config.explain.batch_norm)
     frames = find_faces(kind, inputs, fps)
     faces = [f for f in frames if not _skipped(f)]
     if kind == "photo" and not faces:

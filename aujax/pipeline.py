@@ -269,7 +269,7 @@ def _explain(config, workdir: str, roles: dict, outcome: protocol.LosoOutcome) -
     """Explain the best fold's model on every role (every process), then write Table 3 and the figures (process 0)."""
     from aujax import explain  # LRP only where asked for
 
-    canonical = lrp.canonize(outcome.variables)
+    canonical = lrp.canonize(outcome.variables, batch_norm=config.explain.batch_norm)
     explained = explain.explain_roles(canonical, roles, config.explain, config.model.threshold,
                                       config.analysis.strategy_size)
     _write_explained(config, workdir, canonical, explained, outcome.results[outcome.best].name, outcome.histories)
@@ -309,7 +309,8 @@ def explain_model(config, workdir: str, model_file: str | None = None, model_car
         logging.warning("%s: AUs %s are not coded in %s and are left out", card.where,
                         ", ".join(str(au) for au in network.au_ids if au not in aus), records.name)
     index = dict(zip(network.au_ids, network.outputs))
-    canonical = lrp.canonize(network._replace(au_ids=aus, outputs=tuple(index[au] for au in aus)))
+    canonical = lrp.canonize(network._replace(au_ids=aus, outputs=tuple(index[au] for au in aus)),
+                             batch_norm=config.explain.batch_norm)
     explained = explain.explain_roles(canonical, {"cv": records.with_aus(aus)}, config.explain,
                                       config.model.threshold, config.analysis.strategy_size)
     _write_explained(config, workdir, canonical, explained, os.path.basename(model_file), {})

@@ -56,6 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
     # computation dtype of the LRP convolutions, independent of model.dtype: "bfloat16" rounds their operands
     # (denominators and relevance stay float32); docs/benchmarks.md "Mixed precision" gives what that changes
     config.explain.dtype = "float32"
+    # BatchNorm in LRP: "fold" (into the convolution before it, as Zennit), "innvestigate" (kept and explained as
+    # iNNvestigate 2.1.2's LRP presets do) or "innvestigate_v1" (as iNNvestigate 1.0.8, the paper's era); docs/lrp.md
+    config.explain.batch_norm = "fold"
     # localisation metrics (aujax.localisation.METRIC_NAMES; 'mu' is required): ('mu',) skips the per-pair sort of
     # the rank-based ones, which costs about a fifth of the explain time on a GPU
     config.explain.metrics = localisation.METRIC_NAMES

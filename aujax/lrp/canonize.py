@@ -12,6 +12,11 @@ pools, computing the same logits.
   (`input_bias`).
   Relevance then lands on the raw input, as the zB rule's box [0, 1] wants.
 - Any other affine map stays an `Affine` node (LRP passes its relevance through: each output is one input's).
+- `batch_norm` other than the default "fold" keeps every BatchNorm as an `UnfoldedBatchNorm` node (forward: its
+  affine map) explained as iNNvestigate's LRP presets explain a BatchNormalization layer (docs/lrp.md, "BatchNorm
+  as iNNvestigate treats it"): "innvestigate" as 2.1.2's LRPSequentialPreset A/B (their α2β1 "X" rule on a
+  surrogate map k = gamma / sqrt(var^2 + eps), b = beta - mean / sqrt(var^2 + eps): params 'rule_scale',
+  'rule_shift'), "innvestigate_v1" as 1.0.8 (the z-rule of the true map, the shift absorbing its share).
 - Identity nodes (dropout) disappear; a trailing Sigmoid / Softmax is dropped, so relevance starts at the logit.
 
 The result is a `Canonical`: the canonical graph (static) and its parameters, a pytree nested by node name:
@@ -26,6 +31,17 @@ import jax.numpy as jnp
 
 from aujax import graph as graph_lib
 from aujax.graph import INPUT, Affine, BatchNorm, Conv, Dense, Graph, Identity
+
+
+BATCH_NORM_TREATMENTS = ("fold", "innvestigate", "innvestigate_v1")  # config.explain.batch_norm
+
+
+@dataclasses.dataclass(frozen=True)
+class UnfoldedBatchNorm(Affine):
+    """A BatchNorm kept as y = x * scale + shift (params 'scale', 'shift'; for `treatment` 'innvestigate' also
+    'rule_scale', 'rule_shift'), explained as iNNvestigate's version `treatment` explains it."""
+
+    treatment: str = "innvestigate"
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["params"], meta_fields=["graph", "outputs"])
@@ -70,9 +86,17 @@ def _readers(nodes, name: str) -> list:
     return [node for node in nodes if name in node.inputs]
 
 
+def check_batch_norm(batch_norm: str) -> str:
+    if batch_norm not in BATCH_NORM_TREATMENTS:
+        raise ValueError(f"batch_norm {batch_norm!r} (config.explain.batch_norm): expected one of "
+                         f"{', '.join(BATCH_NORM_TREATMENTS)}")
+    return batch_norm
+
+
 @functools.lru_cache(maxsize=None)
-def plan(graph: Graph) -> Plan:
-    """The canonization of `graph` (cached: it depends on the graph only)."""
+def plan(graph: Graph, batch_norm: str = "fold") -> Plan:
+    """The canonization of `graph` with BatchNorm treated as `batch_norm` (`BATCH_NORM_TREATMENTS`; cached: it
+    depends on these two only)."""
     needed = _ancestors(graph, graph.logit)
     nodes = [node for node in graph.nodes if node.name in needed]
     renamed = {}  # removed node -> the node that now stands for it
@@ -82,6 +106,9 @@ def plan(graph: Graph) -> Plan:
         source = kept.get(node.inputs[0])
         if isinstance(node, Identity):
             renamed[node.name] = node.inputs[0]
+        elif isinstance(node, BatchNorm) and check_batch_norm(batch_norm) != "fold":
+            folds.append(("affine", node.name, node.epsilon))
+            kept[node.name] = UnfoldedBatchNorm(node.name, node.inputs, batch_norm)
         elif isinstance(node, BatchNorm) and isinstance(source, (Conv, Dense)) \
                 and len(_readers(nodes, source.name)) == 1:
             folds.append(("into_output", node.name, source.name, node.epsilon))
@@ -92,7 +119,8 @@ def plan(graph: Graph) -> Plan:
         else:
             kept[node.name] = dataclasses.replace(node, use_bias=True) if isinstance(node, (Conv, Dense)) else node
     output = renamed.get(graph.logit, graph.logit)
-    for affine in [node for node in kept.values() if isinstance(node, Affine) and node.name != output]:
+    for affine in [node for node in kept.values()
+                   if type(node) is Affine and node.name != output]:  # an UnfoldedBatchNorm stays
         readers = _readers(kept.values(), affine.name)
         reader = readers[0] if len(readers) == 1 else None
         if isinstance(reader, Dense) or (isinstance(reader, Conv) and reader.groups == 1):
@@ -107,6 +135,8 @@ def fold(plan: Plan, variables: dict) -> dict:
     """The canonical parameters of `variables` ({'params', 'batch_stats'} of the planned graph)."""
     params, stats = variables["params"], variables.get("batch_stats", {})
     folded, from_batch_norm = {}, {step[1] for step in plan.folds if step[0] == "affine"}
+    surrogate = {node.name for node in plan.graph.nodes
+                 if isinstance(node, UnfoldedBatchNorm) and node.treatment == "innvestigate"}
     for node in plan.graph.nodes:
         own = graph_lib.lookup(params, node.name, {})
         if isinstance(node, (Conv, Dense)):
@@ -125,6 +155,8 @@ def fold(plan: Plan, variables: dict) -> dict:
                                                     step[-1])
         if step[0] == "affine":
             folded[step[1]] = {"scale": factor, "shift": shift}
+            if step[1] in surrogate:
+                folded[step[1]].update(_innvestigate_surrogate(bn, bn_stats, step[-1]))
         else:
             linear = folded[step[2]]
             folded[step[2]] = {"kernel": linear["kernel"] * factor, "bias": linear["bias"] * factor + shift}
@@ -132,6 +164,14 @@ def fold(plan: Plan, variables: dict) -> dict:
     for name, leaves in folded.items():
         nested = graph_lib.with_entry(nested, name, leaves)
     return nested
+
+
+def _innvestigate_surrogate(bn: dict, stats: dict, epsilon: float) -> dict:
+    """The per-channel map iNNvestigate 2.1.2 explains in place of a BatchNorm (innvestigate/backend/graph.py,
+    apply_mapping_to_fused_bn_layer, fuse_mode 'one_linear'), as it is written there: the variance squared, the mean
+    not scaled by gamma. Not the layer's forward map, which stays `scale`, `shift`."""
+    root = jnp.sqrt(stats["var"] ** 2 + epsilon)
+    return {"rule_scale": bn["scale"] / root, "rule_shift": bn["bias"] - stats["mean"] / root}
 
 
 def _fold_input(node, linear: dict, scale: jax.Array, shift: jax.Array) -> dict:
@@ -151,10 +191,11 @@ def input_bias(node: Conv, params: dict, x: jax.Array) -> jax.Array:
     return params["bias"] + graph_lib.conv(node, jnp.ones((1, *x.shape[1:]), x.dtype), params["bias_kernel"])
 
 
-def canonize(variables: dict, graph: Graph, outputs=None) -> Canonical:
+def canonize(variables: dict, graph: Graph, outputs=None, batch_norm: str = "fold") -> Canonical:
     """`variables` ({'params', 'batch_stats'} of `graph`) folded for LRP (see the module docstring), explaining the
-    output units `outputs` (None: all). ValueError naming what is missing where the variables do not fit the graph."""
-    planned = plan(graph)
+    output units `outputs` (None: all), BatchNorm treated as `batch_norm` (`BATCH_NORM_TREATMENTS`). ValueError
+    naming what is missing where the variables do not fit the graph."""
+    planned = plan(graph, check_batch_norm(batch_norm))
     try:
         params = fold(planned, variables)
     except KeyError as missing:

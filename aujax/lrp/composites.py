@@ -10,14 +10,16 @@ concatenation splits it, flatten reshapes it.
 
 | name | first layer | other convolutions | dense | counterpart |
 | --- | --- | --- | --- | --- |
-| paper (default) | flat | z+ | ε | iNNvestigate LRPSequentialPresetAFlat; Zennit EpsilonPlusFlat |
-| epsilon_alpha2_beta1_flat | flat | α2β1 | ε | iNNvestigate ...PresetBFlat; Zennit EpsilonAlpha2Beta1Flat |
+| paper (default) | flat | z+ | ε | Zennit EpsilonPlusFlat; iNNvestigate ...PresetAFlat, batch_norm="innvestigate" |
+| epsilon_alpha2_beta1_flat | flat | α2β1 | ε | Zennit EpsilonAlpha2Beta1Flat; iNNvestigate ...PresetBFlat (idem) |
 | epsilon_gamma_box | zB on [0, 1] | γ (0.25) | ε | Zennit EpsilonGammaBox |
 | all_z | z | z | z | LRP-0, equals gradient x input on a ReLU network |
 | all_epsilon | ε | ε | ε | |
 | gradient | - | - | - | plain gradient of the logit (seed: one-hot) |
 | gradient_x_input | - | - | - | gradient of the logit times the input (seed: one-hot) |
 
+iNNvestigate explains a BatchNorm with a rule of its own where Zennit (and aujax by default) folds it into the
+convolution before it: `canonize(..., batch_norm="innvestigate")` reproduces that (docs/lrp.md).
 LRP composites start from one-hot x logit (the relevance of output a is its logit), so with all_z and no biases the
 relevance of every layer sums to the logit. More presets: `register_composite(name, factory)`.
 """

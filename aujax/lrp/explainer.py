@@ -30,6 +30,7 @@ from aujax.lrp import rules
 _NONNEGATIVE_IF_INPUTS_ARE = (graph_lib.MaxPool, AvgPool, GlobalAvgPool, graph_lib.Flatten, graph_lib.Concat, Add,
                               graph_lib.Identity)
 _SUMS = (Add, AvgPool, GlobalAvgPool)
+INNVESTIGATE_EPSILON = 1e-7  # keras.backend.epsilon(): iNNvestigate's stabilizer of its BatchNorm rules
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,6 +88,11 @@ def _lrp_node(node, rule, params, inputs, spec):
         return rules.relu_pass(x)
     if isinstance(node, (Clip, LeakyRelu)):
         return rules.pass_relevance(x, jax.lax.stop_gradient(graph_lib.parameter_free(node, inputs)))
+    if isinstance(node, canonize_lib.UnfoldedBatchNorm) and node.treatment == "innvestigate":
+        return rules.lrp_affine_x2m100(INNVESTIGATE_EPSILON, x, params["scale"], params["shift"],
+                                       params["rule_scale"], params["rule_shift"])
+    if isinstance(node, canonize_lib.UnfoldedBatchNorm):
+        return rules.lrp_affine(INNVESTIGATE_EPSILON, x, params["scale"], params["shift"])
     if isinstance(node, Affine):
         return rules.pass_relevance(x, jax.lax.stop_gradient(x * params["scale"] + params["shift"]))
     if isinstance(node, Add):
@@ -204,11 +210,12 @@ def as_network(network, graph: graph_lib.Graph | None = None) -> graph_lib.Expla
     return graph_lib.ExplainableNetwork(graph, network)
 
 
-def canonize(network, graph: graph_lib.Graph | None = None) -> canonize_lib.Canonical:
+def canonize(network, graph: graph_lib.Graph | None = None, batch_norm: str = "fold") -> canonize_lib.Canonical:
     """The canonical network (see `aujax.lrp.canonize`) of an `ExplainableNetwork`, or of variables and their graph
-    (see `as_network`)."""
+    (see `as_network`); `batch_norm`: 'fold' (into the convolutions), 'innvestigate' or 'innvestigate_v1' (kept,
+    explained as iNNvestigate 2.1.2 or 1.0.8 does; `aujax.lrp.canonize`)."""
     network = as_network(network, graph)
-    return canonize_lib.canonize(network.variables, network.graph, network.outputs)
+    return canonize_lib.canonize(network.variables, network.graph, network.outputs, batch_norm)
 
 
 def _as_model_input(images) -> jax.Array:

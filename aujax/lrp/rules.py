@@ -362,6 +362,59 @@ def pass_relevance(x: jax.Array, y: jax.Array) -> jax.Array:
 pass_relevance.defvjp(lambda x, y: (y, None), lambda _, relevance: (relevance, jnp.zeros_like(relevance)))
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def lrp_affine(stabilizer: float, x: jax.Array, scale: jax.Array, shift: jax.Array) -> jax.Array:
+    """y = x * scale + shift per channel (the last axis), explained by its z-rule: the shift absorbs its share,
+    R_x = x * scale / stabilize(y) * R_y (iNNvestigate's BatchNorm rule)."""
+    return x * scale + shift
+
+
+def _lrp_affine_fwd(stabilizer, x, scale, shift):
+    y = x * scale + shift
+    return y, (x * scale, y)
+
+
+def _lrp_affine_bwd(stabilizer, residuals, relevance):
+    scaled_x, y = residuals
+    return (scaled_x * relevance / stabilize(y, stabilizer), jnp.zeros(scaled_x.shape[-1:], y.dtype),
+            jnp.zeros(scaled_x.shape[-1:], y.dtype))
+
+
+lrp_affine.defvjp(_lrp_affine_fwd, _lrp_affine_bwd)
+
+
+def _safe_divide(a: jax.Array, b: jax.Array, epsilon: float) -> jax.Array:
+    """a / b with b = 0 replaced by `epsilon` (iNNvestigate's safe_divide)."""
+    return a / (b + epsilon * (b == 0).astype(b.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def lrp_affine_x2m100(epsilon: float, x, scale, shift, rule_scale, rule_shift) -> jax.Array:
+    """y = x * scale + shift per channel, explained as iNNvestigate 2.1.2's LRPSequentialPreset A/B explain a
+    BatchNorm: its AlphaBetaX2m100 rule (α = (2, 0), β = (1, 0)) on the map x * k + b (k = `rule_scale`,
+    b = `rule_shift`), R_x = 2 x+ k+ / (x+ k+ + b+) R - x+ k- / (x+ k- + b-) R (x+ = max(x, 0), b+ = max(b, 0), ...)."""
+    return x * scale + shift
+
+
+def _lrp_affine_x2m100_fwd(epsilon, x, scale, shift, rule_scale, rule_shift):
+    return x * scale + shift, (x, rule_scale, rule_shift)
+
+
+def _lrp_affine_x2m100_bwd(epsilon, residuals, relevance):
+    x, k, b = residuals
+    positive_x = jnp.maximum(x, 0)
+    relevance_in = 0
+    for coefficient, k_part, b_part in ((2.0, jnp.maximum(k, 0), jnp.maximum(b, 0)),
+                                        (-1.0, jnp.minimum(k, 0), jnp.minimum(b, 0))):
+        z = positive_x * k_part
+        relevance_in = relevance_in + coefficient * z * _safe_divide(relevance, z + b_part, epsilon)
+    zeros = jnp.zeros_like(k)
+    return relevance_in, zeros, zeros, zeros, zeros
+
+
+lrp_affine_x2m100.defvjp(_lrp_affine_x2m100_fwd, _lrp_affine_x2m100_bwd)
+
+
 def _sum(terms):
     return functools.reduce(jnp.add, terms)
 
