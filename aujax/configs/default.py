@@ -80,7 +80,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.analysis.min_images = 10  # SpRAy: an AU with fewer correctly predicted images is one cluster
     # Faithfulness and the randomisation sanity check run the model again and again (aujax.analysis.model_checks):
     # sized for the 2-core default job; a GPU run can take every explained image and finer curves.
-    config.analysis.composites = ()  # () = every composite of config.explain
+    # the composites both compare (each costs an LRP compile at their batch size): the main one, an LRP composite with
+    # γ/box layers and the gradient baseline; () = every composite of config.explain
+    config.analysis.composites = ("paper", "epsilon_gamma_box", "gradient_x_input")
     config.analysis.batch_size = 4  # images per batch of both (rounded up to a multiple of the devices)
     config.analysis.faithfulness_roles = ("cv",)
     config.analysis.faithfulness_images = 8  # the first explained images of each of those roles; 0: none
