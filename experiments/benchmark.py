@@ -11,8 +11,11 @@ Parts (each in its own process, so that its peak device memory is its own and to
   train_torch     torchvision resnet18(num_classes=8), the same loss, optimizer and resident data, eager
   train_compile   the same under torch.compile
   lrp_jax         aujax's `paper` LRP composite (all 8 AUs, one forward pass) and JAX gradient x input (all 8 AUs
-                  and one AU), at JAX's default float32 precision and at 'highest'
-  lrp_zennit      Zennit's EpsilonPlusFlat (BatchNorm folded by torch, ResNetBasicBlockCanonizer), one AU and all 8
+                  and one AU), at JAX's default float32 precision and at 'highest'; with `--model=resnet50` only
+                  the `paper` composite at default precision, on torchvision's resnet50 (random weights and BatchNorm
+                  statistics) read from its ONNX export, its logits checked against torch's before timing
+  lrp_zennit      Zennit's EpsilonPlusFlat (BatchNorm folded by torch, ResNetBasicBlockCanonizer; for resnet50
+                  ResNetBottleneckCanonizer, on the same network as lrp_jax), one AU and all 8
   mu              μ and the other localisation metrics: (image, AU) pairs/s, and their share of the explain time
                   when fused with LRP as `--mode=explain` runs them
   precision       what explaining in bfloat16 changes (`explain.precision_difference`): per AU, the relative L2 of
@@ -47,6 +50,8 @@ IMAGE_SIZE = 112
 ROTATING_INPUTS = 4  # distinct random batches timed in turn, so that no figure is a cache's
 PAPER_FOLDS = 20
 PAPER_ACTOR_STUDY_IMAGES = 33_012
+LRP_MODELS = ("resnet18", "resnet50")
+LOGITS_TOLERANCE = 1e-4  # max |aujax - torch| / max |torch| of the resnet50 logits (float32, 50 layers: about 3e-5)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,6 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {','.join(PARTS)}")
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--widths", default="full", help="model widths of the JAX parts (preset or a,b,c,d)")
+    parser.add_argument("--model", default="resnet18",
+                        help="network of lrp_jax and lrp_zennit: resnet18 (aujax's at --widths vs torchvision's, "
+                             "each with its own random weights) or resnet50 (one torchvision network, full width, "
+                             "read by aujax from its ONNX export; LRP only)")
     parser.add_argument("--dtype", default="float32",
                         help="computation dtypes of train_jax, comma-separated (float32, bfloat16), each timed")
     parser.add_argument("--train_images", type=int, default=8192, help="resident dataset of the training parts")
@@ -73,6 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = sorted(set(args.parts) - set(PARTS))
     if unknown:
         parser.error(f"--parts: unknown {', '.join(unknown)}; expected some of {', '.join(PARTS)}")
+    if args.model not in LRP_MODELS:
+        parser.error(f"--model={args.model}: expected one of {', '.join(LRP_MODELS)}")
     args.dtype = [d for d in args.dtype.split(",") if d]
     from aujax import model as model_lib
 
@@ -243,7 +254,28 @@ def _random_batches(shape, seed: int = 0):
     return [jax.device_put(rng.random(shape, np.float32)) for _ in range(ROTATING_INPUTS)]
 
 
+def _jax_figures(fn, weights, batches, args) -> dict:
+    """Images/s of `fn(weights, batch)` over `args.steps` batches (median of `args.repeats`), and its compiled bytes."""
+    import jax
+
+    def run_batches(i):
+        for k in range(args.steps):
+            out = fn(weights, batches[(i + k) % ROTATING_INPUTS])
+        return out
+
+    return {"images_per_s": median_rate(run_batches, args.steps * args.batch_size, args.repeats, 1,
+                                        jax.block_until_ready),
+            "compiled_bytes": jax_compiled_bytes(fn, weights, batches[0])}
+
+
+def probe_images() -> np.ndarray:
+    """(2, 112, 112, 3) float32 in [0, 1]: the images whose logits both LRP parts report (`probe_logits`)."""
+    return np.random.default_rng(1).random((2, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)
+
+
 def part_lrp_jax(args) -> dict:
+    if args.model != "resnet18":
+        return _lrp_jax_torchvision(args)
     import jax
     import jax.numpy as jnp
     from aujax import lrp
@@ -273,15 +305,7 @@ def part_lrp_jax(args) -> dict:
     for precision in ("default", "highest"):
         with contextlib.nullcontext() if precision == "default" else jax.default_matmul_precision("highest"):
             for name, (fn, weights) in methods.items():
-                def run_batches(i, fn=fn, weights=weights):
-                    for k in range(args.steps):
-                        out = fn(weights, batches[(i + k) % ROTATING_INPUTS])
-                    return out
-
-                key = f"{name}_{precision}"
-                rate = median_rate(run_batches, args.steps * args.batch_size, args.repeats, 1, jax.block_until_ready)
-                results[key] = {"images_per_s": rate,
-                                "compiled_bytes": jax_compiled_bytes(fn, weights, batches[0])}
+                results[f"{name}_{precision}"] = _jax_figures(fn, weights, batches, args)
             heatmaps[precision] = np.asarray(lrp.pixel_heatmaps(
                     methods["lrp_paper_all"][0](canonical, batches[0])[1]), np.float64)
     for precision in ("default", "highest"):
@@ -292,23 +316,58 @@ def part_lrp_jax(args) -> dict:
     return results
 
 
+def _lrp_jax_torchvision(args) -> dict:
+    """The `paper` composite, all 8 AUs, default precision, on the network lrp_zennit explains (torchvision's
+    `--model`, `torch_reference.random_resnet`) read from its ONNX export; first its logits are checked against
+    torch's (at matmul precision 'highest', so that TF32 does not count)."""
+    import tempfile
+
+    import jax
+    from aujax import facs, lrp
+    from aujax import graph as graph_lib
+    from experiments import torch_reference
+
+    net = torch_reference.random_resnet(args.model, NUM_AUS)
+    with tempfile.TemporaryDirectory(prefix="aujax_benchmark_") as directory:
+        network = torch_reference.onnx_network(net, facs.PAIN_AUS, directory)
+    probe = probe_images()
+    expected = torch_reference.pixel_logits(net, probe)
+    with jax.default_matmul_precision("highest"):
+        logits = np.asarray(graph_lib.apply(network.graph, network.variables, probe, output=network.graph.logit))
+    difference = float(np.abs(logits - expected).max() / np.abs(expected).max())
+    if difference > LOGITS_TOLERANCE:
+        raise RuntimeError(f"{args.model}: aujax's logits differ from torch's by {difference:.1e} of the largest "
+                           f"(expected <= {LOGITS_TOLERANCE:.0e})")
+    batches = _random_batches((args.batch_size, IMAGE_SIZE, IMAGE_SIZE, 3))
+    return {"lrp_paper_all_default": _jax_figures(lrp.make_explain_fn("paper"), lrp.canonize(network), batches, args),
+            "model": args.model, "probe_logits": logits.tolist(), "logits_relative_difference_to_torch": difference,
+            "peak_bytes": jax_peak_bytes(), "device": device_name()}
+
+
 def part_lrp_zennit(args) -> dict:
     import importlib.metadata
 
     import torch
     import torchvision
     from zennit.composites import EpsilonPlusFlat
-    from zennit.torchvision import ResNetBasicBlockCanonizer
+    from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 
-    from experiments.torch_reference import fold_batch_norm_torch
+    from experiments import torch_reference
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(0)
-    net = fold_batch_norm_torch(torchvision.models.resnet18(num_classes=NUM_AUS).eval()).to(device)
+    results = {"model": args.model}
+    if args.model == "resnet18":
+        torch.manual_seed(0)
+        net = torch_reference.fold_batch_norm_torch(torchvision.models.resnet18(num_classes=NUM_AUS).eval())
+    else:  # the network lrp_jax explains; its logits reported, so that the table shows both sides agree
+        net = torch_reference.fold_batch_norm_torch(torch_reference.random_resnet(args.model, NUM_AUS))
+        results["probe_logits"] = torch_reference.pixel_logits(net, probe_images()).tolist()
+    net = net.to(device)
     batches = [torch.rand((args.batch_size, 3, IMAGE_SIZE, IMAGE_SIZE), device=device)
                for _ in range(ROTATING_INPUTS)]
     eye = torch.eye(NUM_AUS, device=device)
-    composite = EpsilonPlusFlat(canonizers=[ResNetBasicBlockCanonizer()])
+    composite = EpsilonPlusFlat(canonizers=[ResNetBasicBlockCanonizer() if args.model == "resnet18"
+                                            else ResNetBottleneckCanonizer()])
 
     def relevance(images, aus):
         """One Zennit forward and backward pass per AU (seed one-hot x logit), as Zennit's attributors do."""
@@ -324,7 +383,6 @@ def part_lrp_zennit(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    results = {}
     with composite.context(net) as modified:
         for name, aus in (("zennit_one", range(1)), ("zennit_all", range(NUM_AUS))):
             if device.type == "cuda":
@@ -340,7 +398,7 @@ def part_lrp_zennit(args) -> dict:
                                                          synchronize),
                              "peak_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None}
     results.update(zennit=importlib.metadata.version("zennit"), torch=torch.__version__,
-                   cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
+                   torch_threads=torch.get_num_threads(), cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
     return results
 
 
@@ -505,6 +563,18 @@ def _fmt(value, unit=""):
     return f"{value:,.0f}"
 
 
+def lrp_network_difference(results: dict, model: str) -> str:
+    """How far apart the logits of lrp_jax's and lrp_zennit's networks are on `probe_images()`, relative to the
+    largest; for resnet18 'different random weights' (aujax's and torchvision's own); 'n/a' without both parts."""
+    if model == "resnet18":
+        return "different random weights"
+    jax_logits, zennit_logits = (results.get(part, {}).get("probe_logits") for part in ("lrp_jax", "lrp_zennit"))
+    if jax_logits is None or zennit_logits is None:
+        return "n/a"
+    a, b = np.asarray(jax_logits), np.asarray(zennit_logits)
+    return f"{np.abs(a - b).max() / np.abs(b).max():.1e}"
+
+
 def table_rows(results: dict, args) -> list[tuple[str, str, str]]:
     """(what, measured, goal or reference) rows of the summary table."""
     r = lambda part, *keys: _figure(results, part, *keys)  # noqa: E731
@@ -551,6 +621,9 @@ def table_rows(results: dict, args) -> list[tuple[str, str, str]]:
          f"{_fmt(zennit_all)} / {_fmt(r('lrp_zennit', 'zennit_one', 'images_per_s'))}", "626 / 4,670 by the issue"),
         ("aujax LRP / Zennit, all 8 AUs", _fmt(lrp_default / zennit_all if lrp_default and zennit_all else None, "x"),
          ">= 10x"),
+        ("network of the LRP parts (`--model`); aujax vs Zennit's logits, max relative difference",
+         f"{args.model}; {lrp_network_difference(results, args.model)}",
+         f"resnet50: one network, <= {LOGITS_TOLERANCE:.0e}"),
         ("peak device memory, aujax LRP all 8 AUs (compiled call, default)",
          _fmt(r("lrp_jax", "lrp_paper_all_default", "compiled_bytes"), "GiB"), ""),
         ("peak device memory, Zennit all 8 AUs", _fmt(r("lrp_zennit", "zennit_all", "peak_bytes"), "GiB"), ""),
