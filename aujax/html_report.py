@@ -4,8 +4,8 @@
 
   results/summary.json    header: best fold, mean F1s, held-out F1 per fold
   config.json             the run's settings (folded away)
-  results/relevance_regions.json, strategies_<role>.json   shortcuts and strategies (`verification_section`)
   results/faithfulness.json, sanity_randomisation.json   what the model checks found (`model_checks_section`)
+  results/relevance_regions.json, strategies_<role>.json   shortcuts and strategies (`verification_section`)
   results/*.csv           one HTML table each, titled by the matching .json's "title"
   results/figures/**.png  embedded as base64 data URIs, grouped by kind (`FIGURE_KINDS`), with captions
 
@@ -99,14 +99,6 @@ FIGURE_KINDS = (
                    lambda m: "Per-AU distribution of μ, the share of positive relevance inside the AU's region, over "
                              "correctly detected AUs: box (quartiles, whiskers to 1.5 IQR) and every value, one "
                              "colour per dataset, n under each box."),
-        FigureKind("Relevance-region matrix", _stem(rundir.RELEVANCE_REGIONS_FIGURE),
-                   lambda m: "Per explained AU (rows), the mean share of its positive relevance in every AU's region, "
-                             "the rest of the face (inside the landmarks' hull, in no region) and the background; own "
-                             "region outlined; regions overlap and each counts all its pixels; ◀: likely shortcut."),
-        FigureKind("Strategies (SpRAy)", re.escape(rundir.STRATEGIES_PREFIX) + r"(\w+)",
-                   lambda m: f"The {m.group(1)} role: per AU, its correctly predicted images' heatmaps clustered "
-                             "(spectral clustering, number of clusters from the eigengap); each row one cluster, its "
-                             "mean heatmap and its most typical faces."),
         FigureKind("Faithfulness", _stem(rundir.FAITHFULNESS_FIGURE),
                    lambda m: "Top: patch flipping, the mean logit of the correctly predicted AUs as the image's 8x8 "
                              "patches are filled most relevant first under each composite, and in random order "
@@ -118,6 +110,14 @@ FIGURE_KINDS = (
                              "re-drawn at random from the head down (Adebayo et al. 2018): heatmaps that explain the "
                              "model fall towards 0; above the dashed threshold once everything is random, they show "
                              "the image more than the model."),
+        FigureKind("Relevance-region matrix", _stem(rundir.RELEVANCE_REGIONS_FIGURE),
+                   lambda m: "Per explained AU (rows), the mean share of its positive relevance in every AU's region, "
+                             "the rest of the face (inside the landmarks' hull, in no region) and the background; own "
+                             "region outlined; regions overlap and each counts all its pixels; ◀: likely shortcut."),
+        FigureKind("Strategies (SpRAy)", re.escape(rundir.STRATEGIES_PREFIX) + r"(\w+)",
+                   lambda m: f"The {m.group(1)} role: per AU, its correctly predicted images' heatmaps clustered "
+                             "(spectral clustering, number of clusters from the eigengap); each row one cluster, its "
+                             "mean heatmap and its most typical faces."),
 )
 OTHER_FIGURES = "Other figures"
 

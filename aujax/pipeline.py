@@ -43,8 +43,8 @@ MODES = {
 }
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, train.NonFiniteLossError,
                train.TrainingStopped)
-# Settings that change what a run trains: a workdir holding checkpoints of other settings is refused.
 _HEATMAP_ROWS = 256  # images whose heatmaps `save_heatmaps` computes at a time (float32 while computed)
+# Settings that change what a run trains: a workdir holding checkpoints of other settings is refused.
 _RUN_IDENTITY = ("seed", "aus", "data", "synthetic", "model", "train", "protocol")
 # What a run record written before a setting existed means by it (its run had that setting's one value then).
 _BEFORE_THE_SETTING = {"aus": ",".join(map(str, facs.PAIN_AUS))}
@@ -294,6 +294,7 @@ def explain_model(config, workdir: str, model_file: str | None = None, model_car
     and the dataset codes; writes what --mode=explain writes."""
     from aujax import explain
     from aujax.data import sources
+
     if not model_file or not data:
         raise ValueError("--mode=explain_model needs --model_file=<model.onnx> and --data=<dataset or records>")
     if protocol.holds_trained_state(workdir):

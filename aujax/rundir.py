@@ -7,12 +7,13 @@ checkpoints/fold_XX/history.json           one record per epoch, kept across res
 checkpoints/fold_XX/result.json, predictions.npz   a finished fold
 tensorboard/fold_XX/                       TensorBoard event files of a fold's training (`aujax.events`)
 results/<table>.csv|json, summary.json, mu_per_subject.csv, preprocess_report.csv
+results/faithfulness.csv|json, sanity_randomisation.csv|json   faithfulness, randomisation sanity check
+results/relevance_regions.csv|json, mu_differences.csv|json, strategies_<role>.json   region matrix, paired μ
+                                           differences between composites, SpRAy strategies (`aujax.analysis`)
 results/heatmaps_<role>.npz                each role's explained heatmaps (config.explain.save_heatmaps)
-results/relevance_regions.csv|json, mu_differences.csv|json, strategies_<role>.json   the analyses (`aujax.analysis`)
-results/FAITHFULNESS.csv|json, SANITY.csv|json   faithfulness, randomisation sanity check (`aujax.analysis`)
 results/figures/<figure>.png               FIGURE1, figure2(au), heatmap_grid(role), TRAINING_CURVES, MU_DISTRIBUTIONS,
-                                           RELEVANCE_REGIONS_FIGURE, strategies_figure(role), FAITHFULNESS_FIGURE,
-                                           SANITY_FIGURE
+                                           FAITHFULNESS_FIGURE, SANITY_FIGURE, RELEVANCE_REGIONS_FIGURE,
+                                           strategies_figure(role)
 report.html
 explain_image/<name>/                      one explained photo, folder, glob or video (`aujax.explain_image`)
 logs/                                      tracebacks of unexpected errors
@@ -36,11 +37,11 @@ FAITHFULNESS = "faithfulness"  # table stem: results/faithfulness.csv|json
 SANITY = "sanity_randomisation"
 FAITHFULNESS_FIGURE = "faithfulness.png"
 SANITY_FIGURE = "sanity_randomisation.png"
-_FOLD_PREFIX = "fold_"
-RELEVANCE_REGIONS = "relevance_regions"  # results/<stem>.csv|json, the relevance-region matrix
-MU_DIFFERENCES = "mu_differences"  # results/<stem>.csv|json, paired bootstrap of μ between composites
+RELEVANCE_REGIONS = "relevance_regions"  # table stem: results/relevance_regions.csv|json, the region matrix
+MU_DIFFERENCES = "mu_differences"  # table stem: paired bootstrap of μ between composites
 RELEVANCE_REGIONS_FIGURE = "relevance_regions.png"
 STRATEGIES_PREFIX = "strategies_"
+_FOLD_PREFIX = "fold_"
 
 
 def figure2(au: int) -> str:

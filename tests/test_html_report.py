@@ -45,8 +45,8 @@ def _png(path: Path, colour, size=(160, 90)) -> None:
 
 
 FIGURE_NAMES = ("figure1_regions.png", "figure2_AU10.png", "figure2_AU4.png", "heatmaps_cv_fold00.png",
-                "training_curves.png", "mu_distributions.png", "relevance_regions.png", "strategies_cv.png",
-                "something_else.png", "extra/nested.png")
+                "training_curves.png", "mu_distributions.png", "faithfulness.png", "sanity_randomisation.png",
+                "relevance_regions.png", "strategies_cv.png", "something_else.png", "extra/nested.png")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def workdir(tmp_path_factory) -> Path:
     files.write_json(str(root / "config.json"), {"seed": 0, "train": {"epochs": 3}})
     figures_dir = results / "figures"
     for k, name in enumerate(FIGURE_NAMES):
-        _png(figures_dir / name, (25 * k, 200 - 20 * k, 90))
+        _png(figures_dir / name, (20 * k, 240 - 20 * k, 90))
     figures.training_curves({"fold_00": [{"epoch": 1, "loss": 1.0, "held_out_mean_f1": 0.4}]},
                             figures_dir / rundir.TRAINING_CURVES)
     (figures_dir / "broken.png").write_bytes(b"not a png at all")
@@ -169,8 +169,8 @@ def test_every_figure_is_embedded_as_a_png_grouped_by_kind(workdir, page):
             image.verify()
     order = [alt for _, alt in parsed.images]
     assert order == ["figure1_regions.png", "figure2_AU4.png", "figure2_AU10.png", "heatmaps_cv_fold00.png",
-                     "training_curves.png", "mu_distributions.png", "relevance_regions.png", "strategies_cv.png",
-                     "extra/nested.png", "something_else.png"]
+                     "training_curves.png", "mu_distributions.png", "faithfulness.png", "sanity_randomisation.png",
+                     "relevance_regions.png", "strategies_cv.png", "extra/nested.png", "something_else.png"]
     headings = parsed.headings
     sections = [h.title for h in html_report.FIGURE_KINDS] + [html_report.OTHER_FIGURES]
     assert [h for h in headings if h in sections] == sections

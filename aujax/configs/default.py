@@ -70,14 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
     # with `source` per row and `au_ids`, for analysis elsewhere (a second LRP pass; memory n x A x 25 KB)
     config.explain.save_heatmaps = False
 
-    # verification beyond μ (aujax.analysis): intervals, relevance-region matrix, strategies
+    # Verification beyond μ (aujax.analysis, issue 15), run by the explain step.
     config.analysis = ml_collections.ConfigDict()
-    config.analysis.bootstrap_samples = 1000  # resamples of the subjects for every interval (seeded by config.seed)
-    config.analysis.confidence = 0.95  # level of the bootstrap intervals
-    config.analysis.strategy_size = 28  # SpRAy: heatmaps summed to this many pixels a side (a divisor of 112)
-    config.analysis.max_clusters = 6  # SpRAy: at most this many strategies per AU (the eigengap picks how many)
-    config.analysis.neighbours = 10  # SpRAy: k of the k-nearest-neighbour affinity
-    config.analysis.min_images = 10  # SpRAy: an AU with fewer correctly predicted images is one cluster
     # Faithfulness and the randomisation sanity check run the model again and again (aujax.analysis.model_checks):
     # sized for the 2-core default job; a GPU run can take every explained image and finer curves.
     # the composites both compare (each costs an LRP compile at their batch size): the main one, an LRP composite with
@@ -93,6 +87,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.analysis.sanity_images = 4  # the first explained images of sanity_role; 0: no sanity check
     config.analysis.sanity_granularity = "stage"  # randomisation levels: one per stage ("stage") or per module ("layer")
     config.analysis.sanity_threshold = 0.5  # flag a composite whose fully randomised heatmaps stay this similar
+    # intervals, relevance-region matrix and strategies (cheap: no further pass of the model)
+    config.analysis.bootstrap_samples = 1000  # resamples of the subjects for every interval (seeded by config.seed)
+    config.analysis.confidence = 0.95  # level of the bootstrap intervals of every F1 and μ
+    config.analysis.strategy_size = 28  # SpRAy: heatmaps summed to this many pixels a side (a divisor of 112; 0: none)
+    config.analysis.max_clusters = 6  # SpRAy: at most this many strategies per AU (the eigengap picks how many)
+    config.analysis.neighbours = 10  # SpRAy: k of the k-nearest-neighbour affinity
+    config.analysis.min_images = 10  # SpRAy: an AU with fewer correctly predicted images is one cluster
 
     config.protocol = ml_collections.ConfigDict()
     config.protocol.max_folds = 0  # 0: every subject of the cv role is held out once
