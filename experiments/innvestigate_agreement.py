@@ -5,15 +5,16 @@ iNNvestigate treats it ("innvestigate": 2.1.2, "innvestigate_v1": 1.0.8).
 Two steps in two virtual environments (iNNvestigate 2.1.2 needs TensorFlow 2.14 and numpy < 2; aujax needs jax):
 
   .venv/bin/python -m experiments.innvestigate_agreement export --workdir=runs/default [--images=16]
-  python -m venv /work/venv-inn && /work/venv-inn/bin/pip install -r experiments/requirements-innvestigate.txt
-  /work/venv-inn/bin/python experiments/innvestigate_agreement.py compare --workdir=runs/default
+  python3.11 -m venv ~/venv-inn && ~/venv-inn/bin/pip install -r experiments/requirements-innvestigate.txt
+  ~/venv-inn/bin/python experiments/innvestigate_agreement.py compare --workdir=runs/default  # ~25 min on 2 cores
 
 `export` writes <workdir>/results/innvestigate/export.npz (the best fold's variables by name path, the first held-out
 images, their AU region masks, aujax's logits and pixel heatmaps of `paper` and `epsilon_alpha2_beta1_flat` under
 each BatchNorm treatment) and graph.json (the network's nodes). `compare` builds the Keras model from those two
 files (no aujax, no jax; no pickle), checks its logits against aujax's, runs LRPSequentialPresetAFlat and
 PresetBFlat, and writes agreement.json and agreement.md beside them (per AU: the Pearson r per image between the
-heatmaps, the relevance sums relative to the logit and μ, from both toolboxes). Not part of CI.
+heatmaps, the relevance sums relative to the logit and μ, from both toolboxes; innvestigate.npz keeps iNNvestigate's
+heatmaps, so that a rerun only recomputes the statistics). Not part of CI; results: docs/lrp.md.
 """
 
 import argparse
