@@ -269,7 +269,8 @@ def _explain(config, workdir: str, roles: dict, outcome: protocol.LosoOutcome) -
     """Explain the best fold's model on every role (every process), then write Table 3 and the figures (process 0)."""
     from aujax import explain  # LRP only where asked for
 
-    canonical = lrp.canonize(outcome.variables, batch_norm=config.explain.batch_norm)
+    graph = protocol.create_model(config).graph  # known from the config: no need to recognise it from the variables
+    canonical = lrp.canonize(outcome.variables, graph, batch_norm=config.explain.batch_norm)
     explained = explain.explain_roles(canonical, roles, config.explain, config.model.threshold,
                                       config.analysis.strategy_size)
     _write_explained(config, workdir, canonical, explained, outcome.results[outcome.best].name, outcome.histories)

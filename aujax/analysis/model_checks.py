@@ -74,7 +74,7 @@ def run_checks(net, variables: dict, explained, config) -> ModelChecks:
     key = jax.random.PRNGKey(config.seed)
 
     def explainer(model_variables):  # as the explain stage explains (its batch-norm treatment and dtype)
-        canonical = lrp.canonize(model_variables, batch_norm=config.explain.batch_norm)
+        canonical = lrp.canonize(model_variables, net.graph, batch_norm=config.explain.batch_norm)
         fns = [lrp.make_explain_fn(c, epsilon, config.explain.dtype) for c in composites]
         return lambda images: jnp.stack([lrp.pixel_heatmaps(fn(canonical, images)[1]) for fn in fns])
 
